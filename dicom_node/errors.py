@@ -1,0 +1,97 @@
+"""The project's one exception tree.
+
+Every error this project raises on purpose derives from :class:`DicomNodeError`,
+so callers at a boundary (a DIMSE handler, a Celery task, the CLI) can catch the
+whole family in one place and turn it into a DIMSE status, a ledger reason or a
+CLI message.
+
+::
+
+    DicomNodeError
+    ├── ConfigError                 settings or a peer address are invalid
+    ├── SpoolError                  an instance could not be made durable
+    │   └── DiskFullError           ENOSPC / EDQUOT: answered as 0xA700
+    ├── LedgerError                 the study ledger could not be read or written
+    ├── EnqueueError                the broker did not take a study's task
+    ├── PixelDataError              pixel data cannot be decoded or is unsupported
+    ├── ModelError                  anything about a model
+    │   ├── ManifestError           a model manifest is missing or invalid
+    │   ├── WeightsError            weights cannot be used
+    │   │   ├── WeightsUnavailableError   none imported and demo weights not allowed
+    │   │   ├── WeightsIntegrityError     sha256 or tensor layout does not match
+    │   │   └── UnsafePickleError         a checkpoint references a forbidden global
+    │   └── InferenceError          a backend failed to run
+    ├── ReportError                 a DICOM SR could not be built
+    ├── DeliveryError               the PACS refused or could not be reached
+    └── ServiceError                an embedded service (Redis, worker) failed
+"""
+
+from __future__ import annotations
+
+
+class DicomNodeError(Exception):
+    """Base class of every error raised by this project."""
+
+
+class ConfigError(DicomNodeError):
+    """Settings, a YAML overlay or a peer address are invalid."""
+
+
+class SpoolError(DicomNodeError):
+    """A received instance could not be written durably to the spool."""
+
+
+class DiskFullError(SpoolError):
+    """The spool's file system is full (ENOSPC or EDQUOT)."""
+
+
+class LedgerError(DicomNodeError):
+    """The study ledger could not be read or written."""
+
+
+class EnqueueError(DicomNodeError):
+    """The broker did not accept a study's task (for example, Redis is down)."""
+
+
+class PixelDataError(DicomNodeError):
+    """Pixel data cannot be decoded, or its photometric interpretation is unsupported."""
+
+
+class ModelError(DicomNodeError):
+    """Base class of model errors."""
+
+
+class ManifestError(ModelError):
+    """A model manifest is missing or does not validate."""
+
+
+class WeightsError(ModelError):
+    """Model weights cannot be used."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """No real weights are installed and demo weights are not allowed."""
+
+
+class WeightsIntegrityError(WeightsError):
+    """Weights do not match their pinned sha256 or the model's tensor layout."""
+
+
+class UnsafePickleError(WeightsError):
+    """A pickled checkpoint references a global outside the allowlist."""
+
+
+class InferenceError(ModelError):
+    """An inference backend failed to run."""
+
+
+class ReportError(DicomNodeError):
+    """A DICOM Structured Report could not be built."""
+
+
+class DeliveryError(DicomNodeError):
+    """The PACS refused a report or could not be reached."""
+
+
+class ServiceError(DicomNodeError):
+    """An embedded service (Redis server, Celery worker) failed to start or died."""

@@ -1,0 +1,5 @@
+"""Model definitions, manifests, weights handling and inference engines."""
+
+import logging
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,5 @@
+"""Celery app and the study task chain that runs models and delivers reports."""
+
+import logging
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
