@@ -18,7 +18,7 @@ Statuses returned (PS3.4 Table B.2-1, PS3.7 C.4.2)
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dicom_node import status
 from dicom_node.errors import DiskFullError, LedgerError, SpoolError
@@ -60,7 +60,7 @@ class StoreHandler:
             return status.PROCESSING_FAILURE
 
     def _store(self, event: Event, calling_ae: str) -> int:
-        request = event.request
+        request: Any = event.request  # a C_STORE primitive
         affected_uid = _uid(request.AffectedSOPInstanceUID)
         try:
             ds = event.dataset
@@ -71,32 +71,45 @@ class StoreHandler:
         except Exception as exc:
             log.warning(
                 "C-STORE from %s: SOP Instance %s cannot be decoded (%s); answering 0xC000",
-                calling_ae, affected_uid, exc.__class__.__name__,
+                calling_ae,
+                affected_uid,
+                exc.__class__.__name__,
             )
             return status.CANNOT_UNDERSTAND
         if not (study_uid and sop_uid and sop_class):
             log.warning(
                 "C-STORE from %s: SOP Instance %s lacks Study/SOP Instance/SOP Class UID; "
-                "answering 0xC000", calling_ae, affected_uid,
+                "answering 0xC000",
+                calling_ae,
+                affected_uid,
             )
             return status.CANNOT_UNDERSTAND
         if sop_class != _uid(request.AffectedSOPClassUID):
             log.warning(
                 "C-STORE from %s: SOP Instance %s has SOP Class %s but was sent as %s; "
-                "answering 0xA900", calling_ae, sop_uid, sop_class, request.AffectedSOPClassUID,
+                "answering 0xA900",
+                calling_ae,
+                sop_uid,
+                sop_class,
+                request.AffectedSOPClassUID,
             )
             return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
         if sop_uid != affected_uid:
             log.warning(
                 "C-STORE from %s: SOP Instance UID %s differs from Affected SOP Instance UID %s; "
-                "answering 0xC000", calling_ae, sop_uid, affected_uid,
+                "answering 0xC000",
+                calling_ae,
+                sop_uid,
+                affected_uid,
             )
             return status.CANNOT_UNDERSTAND
 
         try:
             path = self.spool.store(study_uid, sop_uid, event.encoded_dataset(include_meta=True))
         except DiskFullError:
-            log.error("C-STORE from %s: spool full storing %s; answering 0xA700", calling_ae, sop_uid)
+            log.error(
+                "C-STORE from %s: spool full storing %s; answering 0xA700", calling_ae, sop_uid
+            )
             return status.OUT_OF_RESOURCES
         except SpoolError as exc:
             log.error("C-STORE from %s: %s; answering 0xA700", calling_ae, exc)
@@ -118,6 +131,9 @@ class StoreHandler:
             return status.OUT_OF_RESOURCES
         log.info(
             "stored SOP Instance %s of study %s from %s%s",
-            sop_uid, study_uid, calling_ae, "" if new else " (re-sent, replaced)",
+            sop_uid,
+            study_uid,
+            calling_ae,
+            "" if new else " (re-sent, replaced)",
         )
         return status.SUCCESS

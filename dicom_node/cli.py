@@ -56,9 +56,18 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.broker_url:
         raise DicomNodeError("DICOM_NODE_BROKER_URL is required for a standalone worker")
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
-        "--concurrency", str(args.concurrency), "--loglevel", settings.log_level,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        settings.log_level,
     ]
     os.execv(sys.executable, argv)
 
@@ -82,13 +91,18 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if not studies:
         print("no studies in the ledger")
         return 0
-    print(f"{'Study Instance UID':<64} {'state':<14} {'n':>3} {'last received':<19} "
-          f"{'wait s':>7} {'infer s':>7} {'deliv s':>7}  reason")
+    untrained = " [UNTRAINED weights]"
+    print(
+        f"{'Study Instance UID':<64} {'state':<14} {'n':>3} {'last received':<19} "
+        f"{'wait s':>7} {'infer s':>7} {'deliv s':>7}  reason"
+    )
     for s in studies:
-        print(f"{s.study_uid:<64} {s.state.value:<14} {s.instance_count:>3} "
-              f"{_when(s.last_received_at):<19} {_span(s.last_received_at, s.inferring_at):>7} "
-              f"{_span(s.inferring_at, s.reported_at):>7} {_span(s.reported_at, s.delivered_at):>7}"
-              f"  {s.reason or ''}{' [UNTRAINED weights]' if s.weights_kind == 'untrained-demo' else ''}")
+        print(
+            f"{s.study_uid:<64} {s.state.value:<14} {s.instance_count:>3} "
+            f"{_when(s.last_received_at):<19} {_span(s.last_received_at, s.inferring_at):>7} "
+            f"{_span(s.inferring_at, s.reported_at):>7} {_span(s.reported_at, s.delivered_at):>7}"
+            f"  {s.reason or ''}{untrained if s.weights_kind == 'untrained-demo' else ''}"
+        )
     return 0
 
 
@@ -120,8 +134,10 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
             except DicomNodeError as exc:
                 print(f"{model_id}: {exc}")
         return 0
-    print(f"{manifest.id}: {info.kind} weights {info.path}\n  sha256 {info.sha256}\n"
-          f"  source sha256 {info.source_sha256}")
+    print(
+        f"{manifest.id}: {info.kind} weights {info.path}\n  sha256 {info.sha256}\n"
+        f"  source sha256 {info.source_sha256}"
+    )
     return 0
 
 
@@ -158,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "up": _cmd_up, "scp": _cmd_scp, "worker": _cmd_worker, "status": _cmd_status,
-    "echo": _cmd_echo, "models": _cmd_models, "demo": _cmd_demo,
+    "up": _cmd_up,
+    "scp": _cmd_scp,
+    "worker": _cmd_worker,
+    "status": _cmd_status,
+    "echo": _cmd_echo,
+    "models": _cmd_models,
+    "demo": _cmd_demo,
 }
 
 

@@ -65,8 +65,12 @@ class CompletionMonitor:
         sent = 0
         for study_uid, generation in self.ledger.due_studies(self.quiet_seconds, now):
             if not self.ledger.transition(
-                study_uid, generation, StudyState.QUEUED,
-                allowed_from=[StudyState.RECEIVING], received_before=cutoff, task_id=None,
+                study_uid,
+                generation,
+                StudyState.QUEUED,
+                allowed_from=[StudyState.RECEIVING],
+                received_before=cutoff,
+                task_id=None,
             ):
                 continue  # an instance arrived meanwhile
             paths = self.ledger.instance_paths(study_uid)
@@ -76,8 +80,11 @@ class CompletionMonitor:
             except EnqueueError as exc:
                 log.warning("study %s: broker refused the task (%s); will retry", study_uid, exc)
                 self.ledger.transition(
-                    study_uid, generation, StudyState.RECEIVING,
-                    allowed_from=[StudyState.QUEUED], reason=f"waiting for broker: {exc}",
+                    study_uid,
+                    generation,
+                    StudyState.RECEIVING,
+                    allowed_from=[StudyState.QUEUED],
+                    reason=f"waiting for broker: {exc}",
                 )
                 break
             self.ledger.note(study_uid, generation, task_id=task_id)

@@ -45,7 +45,7 @@ def validate_ae_title(value: str) -> str:
     Raises
     ------
     ConfigError
-        If it is empty, longer than 16 characters, or holds control characters or ``\\``.
+        If it is empty, longer than 16 characters, or holds control characters or a backslash.
     """
     stripped = value.strip()
     if not stripped or not _AE_RE.match(stripped):
@@ -112,10 +112,13 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A study is complete after this many seconds without an instance."
     )
     allow_demo_weights: bool = Field(
-        False, description="Allow seeded random (untrained) weights when no real ones are installed."
+        False,
+        description="Allow seeded random (untrained) weights when no real ones are installed.",
     )
     model_id: str = Field("xrv-densenet121-res224-all", description="Manifest id of the model.")
-    models_dir: Path | None = Field(None, description="Weights and engines. Default: data_dir/models.")
+    models_dir: Path | None = Field(
+        None, description="Weights and engines. Default: data_dir/models."
+    )
     ledger_url: str | None = Field(None, description="SQLAlchemy URL. Default: SQLite in data_dir.")
     inference_backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     delivery_retry_base_seconds: float = Field(5.0, gt=0, description="First C-STORE retry delay.")
@@ -155,6 +158,17 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{CONFIG_ENV}={yaml_file}: no such file")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
         return tuple(sources)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``DICOM_NODE_*`` variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                value = int(value)
+            env[f"DICOM_NODE_{name.upper()}"] = str(value)
+        return env
 
     @property
     def pacs_peer(self) -> Peer | None:

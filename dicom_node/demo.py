@@ -61,18 +61,22 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     pacs_ae = AE(ae_title="DEMO_PACS")
     pacs_ae.add_supported_context(Comprehensive3DSRStorage)
     pacs_port = free_port()
-    pacs = pacs_ae.start_server(("127.0.0.1", pacs_port), block=False,
-                                evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    pacs = pacs_ae.start_server(
+        ("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    assert pacs is not None
     stop = threading.Event()
     with tempfile.TemporaryDirectory(prefix="dicom-node-demo-") as tmp:
-        node_settings = settings.model_copy(update={
-            "data_dir": Path(tmp),
-            "models_dir": settings.resolved_models_dir.resolve(),
-            "host": "127.0.0.1",
-            "port": free_port(),
-            "pacs": f"DEMO_PACS@127.0.0.1:{pacs_port}",
-            "study_quiet_seconds": 2.0,
-        })
+        node_settings = settings.model_copy(
+            update={
+                "data_dir": Path(tmp),
+                "models_dir": settings.resolved_models_dir.resolve(),
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "pacs": f"DEMO_PACS@127.0.0.1:{pacs_port}",
+                "study_quiet_seconds": 2.0,
+            }
+        )
         node = threading.Thread(target=run_up, args=(node_settings, stop), daemon=True)
         node.start()
         try:
@@ -98,8 +102,10 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
             stop.set()
             node.join(timeout=120)
             pacs.shutdown()
-    print(f"\nSR {report.SOPInstanceUID} arrived {elapsed:.1f} s after the image "
-          f"(quiet period {node_settings.study_quiet_seconds:.0f} s)")
+    print(
+        f"\nSR {report.SOPInstanceUID} arrived {elapsed:.1f} s after the image "
+        f"(quiet period {node_settings.study_quiet_seconds:.0f} s)"
+    )
     print(f"Series: {report.get('SeriesDescription', '')}\n")
     print(f"{'Finding':<28} {'Probability':>11}  Evaluation")
     for finding in read_findings(report):

@@ -140,9 +140,25 @@ def redis_child(settings: Settings) -> tuple[Child, str]:
     directory = (settings.data_dir / "redis").resolve()
     directory.mkdir(parents=True, exist_ok=True)
     argv = [
-        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port),
-        "--dir", str(directory), "--appendonly", "yes", "--appendfsync", "everysec",
-        "--save", "", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
+        redis_server_binary(),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "yes",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url, socket_connect_timeout=0.2)
@@ -158,14 +174,28 @@ def redis_child(settings: Settings) -> tuple[Child, str]:
 
 def worker_child(settings: Settings, broker_url: str) -> Child:
     """A Celery worker child consuming the model's queue and the delivery queue."""
-    env = {**os.environ, "DICOM_NODE_BROKER_URL": broker_url}
-    env["DICOM_NODE_DATA_DIR"] = str(settings.data_dir.resolve())
+    resolved = settings.model_copy(
+        update={"broker_url": broker_url, "data_dir": settings.data_dir.resolve()}
+    )
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    env = {**inherited, **resolved.to_env()}
     argv = [
-        sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "-Q", f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
-        "--concurrency", "1", "--loglevel", settings.log_level,
-        "--hostname", f"dicom-node-{os.getpid()}@%h",
-        "--without-gossip", "--without-mingle",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
+        "--concurrency",
+        "1",
+        "--loglevel",
+        settings.log_level,
+        "--hostname",
+        f"dicom-node-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
     ]
     return Child("celery-worker", argv, env=env, stop_timeout=60.0)
 
@@ -197,7 +227,12 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
         children.append(worker)
         scp = StoreSCP(settings)
         scp.start()
-        log.info("node up: AE %s port %d, PACS %s", settings.ae_title, scp.port, settings.pacs or "outbox")
+        log.info(
+            "node up: AE %s port %d, PACS %s",
+            settings.ae_title,
+            scp.port,
+            settings.pacs or "outbox",
+        )
         while not stop.wait(1.0):
             for child in children:
                 if not child.alive():

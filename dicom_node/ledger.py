@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
@@ -29,13 +29,15 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
-    create_engine,
     case,
+    create_engine,
     event,
     select,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -148,6 +150,10 @@ class StudySnapshot:
         return cls(**values)
 
 
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -196,8 +202,10 @@ class Ledger:
 
     def _insert_ignore(self, session: Session, row: _Base) -> bool:
         """Insert ``row`` unless its primary key exists; return whether it was new."""
-        table = row.__table__  # type: ignore[attr-defined]
-        values = {c.name: getattr(row, c.key) for c in table.columns if getattr(row, c.key) is not None}
+        table = cast(Table, row.__table__)
+        values = {
+            c.name: getattr(row, c.key) for c in table.columns if getattr(row, c.key) is not None
+        }
         if self._engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -206,7 +214,7 @@ class Ledger:
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
             stmt = sqlite_insert(table).values(**values).on_conflict_do_nothing()
-        return bool(session.execute(stmt).rowcount)
+        return bool(_rowcount(session.execute(stmt)))
 
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> bool:
         """Record a durably stored instance and (re)open its study for receiving.
@@ -359,7 +367,7 @@ class Ledger:
         if received_before is not None:
             stmt = stmt.where(StudyRow.last_received_at <= received_before)
         with self._session() as s:
-            return bool(s.execute(stmt.values(**values)).rowcount)
+            return bool(_rowcount(s.execute(stmt.values(**values))))
 
     def note(self, study_uid: str, generation: int, **fields: Any) -> None:
         """Set columns of a study's current generation without changing its state."""
@@ -400,7 +408,7 @@ class Ledger:
                 .where(StudyRow.task_id.is_(None))
                 .values(state=StudyState.RECEIVING.value)
             )
-            return int(result.rowcount)
+            return _rowcount(result)
 
     def get(self, study_uid: str) -> StudySnapshot | None:
         """One study, or None."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node import status
@@ -44,7 +44,7 @@ def build_ae(settings: Settings) -> AE:
     ae.maximum_pdu_size = 0  # no limit on what we receive
     ae.add_supported_context(Verification)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -112,7 +112,10 @@ class StoreSCP:
         self.monitor.start()
         log.info(
             "SCP %s listening on %s:%d (quiet period %.1f s)",
-            self.settings.ae_title, self.settings.host, self.port, self.settings.study_quiet_seconds,
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+            self.settings.study_quiet_seconds,
         )
 
     def stop(self) -> None:

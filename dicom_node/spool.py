@@ -43,7 +43,7 @@ def safe_component(uid: str) -> str:
 
 
 def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a power loss."""
+    """Fsync a directory so a rename inside it survives a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -76,7 +76,9 @@ def resize(img: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32]:
         ``(size, size)`` float32.
     """
     tensor = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None, None]
-    out = F.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(
+        tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return out[0, 0].numpy()
 
 

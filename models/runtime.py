@@ -60,7 +60,9 @@ class OnnxRuntimeClassifier:
     def predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Run the session; see :class:`Classifier`."""
         try:
-            (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+            (out,) = self.session.run(
+                None, {self.input_name: np.ascontiguousarray(batch, np.float32)}
+            )
         except Exception as exc:
             raise InferenceError(f"onnxruntime failed: {exc}") from exc
         return np.asarray(out, dtype=np.float32)
@@ -83,7 +85,9 @@ class TorchClassifier:
         torch = self._torch
         try:
             with torch.inference_mode():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device))
+                out = self.model(
+                    torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+                )
             return out.float().cpu().numpy()
         except Exception as exc:
             raise InferenceError(f"torch failed: {exc}") from exc
@@ -125,6 +129,10 @@ def load_model(
         classifier = TorchClassifier(manifest, weights)
     log.info(
         "model %s loaded: backend=%s device=%s weights=%s sha256=%s",
-        manifest.id, classifier.backend, classifier.device, weights.kind, weights.sha256[:16],
+        manifest.id,
+        classifier.backend,
+        classifier.device,
+        weights.kind,
+        weights.sha256[:16],
     )
     return LoadedModel(manifest, weights, classifier)

@@ -184,7 +184,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in tensors.items()}
 
 
-def check_state_dict(tensors: dict[str, torch.Tensor], manifest: Manifest) -> dict[str, torch.Tensor]:
+def check_state_dict(
+    tensors: dict[str, torch.Tensor], manifest: Manifest
+) -> dict[str, torch.Tensor]:
     """Keep the tensors the model needs and check names and shapes.
 
     Returns
@@ -233,7 +235,9 @@ def _save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, st
     return sha256_file(target)
 
 
-def import_checkpoint(source: Path, manifest: Manifest, models_dir: Path, origin: str = "") -> WeightsInfo:
+def import_checkpoint(
+    source: Path, manifest: Manifest, models_dir: Path, origin: str = ""
+) -> WeightsInfo:
     """Convert a published checkpoint into safetensors, once.
 
     Parameters
@@ -268,7 +272,9 @@ def import_checkpoint(source: Path, manifest: Manifest, models_dir: Path, origin
     if not pinned:
         log.warning(
             "model %s: weights are not hash-pinned in the manifest; importing %s with sha256 %s",
-            manifest.id, source.name, source_sha,
+            manifest.id,
+            source.name,
+            source_sha,
         )
     tensors = check_state_dict(read_checkpoint(source), manifest)
     target = _model_dir(models_dir, manifest) / "weights.safetensors"
@@ -308,7 +314,7 @@ def fetch_weights(
     with tempfile.NamedTemporaryFile(dir=download_dir, suffix=".download", delete=False) as tmp:
         tmp_path = Path(tmp.name)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 shutil.copyfileobj(response, tmp, length=1 << 20)
         except OSError as exc:
             tmp_path.unlink(missing_ok=True)

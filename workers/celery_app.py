@@ -34,7 +34,9 @@ def create_app(settings: Settings) -> Celery:
     if not settings.broker_url:
         raise ConfigError("DICOM_NODE_BROKER_URL is not set (dicom-node up sets it for you)")
     if settings.delivery_retry_max_seconds >= VISIBILITY_TIMEOUT_SECONDS:
-        raise ConfigError("DICOM_NODE_DELIVERY_RETRY_MAX_SECONDS must be below the visibility timeout")
+        raise ConfigError(
+            "DICOM_NODE_DELIVERY_RETRY_MAX_SECONDS must be below the visibility timeout"
+        )
     app = Celery("dicom_node", broker=settings.broker_url, backend=settings.broker_url)
     transport = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
     app.conf.update(

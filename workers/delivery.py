@@ -55,7 +55,11 @@ def c_store(
     """
     ds = dcmread(path)
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse_timeout, dimse_timeout, network_timeout
+    ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = (
+        acse_timeout,
+        dimse_timeout,
+        network_timeout,
+    )
     ae.add_requested_context(ds.SOPClassUID, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
 
 from dicom_node.errors import PixelDataError
 from models.manifest import Manifest
@@ -51,7 +52,9 @@ class Analysis:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def select_applicable(paths: Sequence[str], manifest: Manifest) -> tuple[list[tuple[Path, Dataset]], list[str]]:
+def select_applicable(
+    paths: Sequence[str], manifest: Manifest
+) -> tuple[list[tuple[Path, Dataset]], list[str]]:
     """Read headers and keep the instances the model applies to.
 
     Returns
@@ -121,12 +124,14 @@ def analyze(
 
     started = time.perf_counter()
     inputs, headers = [], []
-    _, height, width = manifest.input.shape
+    height = manifest.input.shape[1]
     for path, header in chosen:
         try:
             image = display_image(dcmread(path))
         except PixelDataError as exc:
-            log.warning("study %s: SOP Instance %s skipped: %s", study_uid, header.SOPInstanceUID, exc)
+            log.warning(
+                "study %s: SOP Instance %s skipped: %s", study_uid, header.SOPInstanceUID, exc
+            )
             continue
         inputs.append(preprocess_xrv(image, height))
         headers.append(header)
@@ -147,4 +152,45 @@ def analyze(
     ]
     report = build_report(findings, headers, manifest, model.weights, study_uid, generation)
     timings["report"] = time.perf_counter() - started
-    return Analysis(report, findings, used=[str(h.SOPInstanceUID) for h in headers], timings=timings)
+    return Analysis(
+        report, findings, used=[str(h.SOPInstanceUID) for h in headers], timings=timings
+    )
+
+
+def synthetic_header() -> Dataset:
+    """A minimal, PHI-free CR image header used only to warm up the SR builder."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PatientName = "WARMUP"
+    ds.PatientID = "WARMUP"
+    for keyword in (
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+    ):
+        setattr(ds, keyword, "")
+    return ds
+
+
+def warm_up(model: LoadedModel) -> None:
+    """Run one inference and build one SR on synthetic input, so the first study is fast.
+
+    The first SR highdicom builds in a process loads its copy of the standard
+    (about a second); the first inference allocates the backend's buffers.
+    """
+    _, height, width = model.manifest.input.shape
+    probabilities = model.classifier.predict(np.zeros((1, 1, height, width), np.float32))
+    header = synthetic_header()
+    findings = [
+        Finding(label, float(probabilities[0, i]), header)
+        for i, label in enumerate(model.manifest.labels)
+    ]
+    build_report(findings, [header], model.manifest, model.weights, header.StudyInstanceUID, 0)

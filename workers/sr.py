@@ -62,7 +62,9 @@ class Finding:
         return self.probability >= self.label.threshold
 
 
-def report_uids(study_uid: str, generation: int, manifest: Manifest, weights: WeightsInfo) -> tuple[str, str]:
+def report_uids(
+    study_uid: str, generation: int, manifest: Manifest, weights: WeightsInfo
+) -> tuple[str, str]:
     """Deterministic (Series Instance UID, SOP Instance UID) of a study's report."""
     sources = [study_uid, str(generation), manifest.id, manifest.version, weights.sha256]
     return (
@@ -127,7 +129,9 @@ def build_report(
                 ),
                 finding_type=_concept(finding.label),
                 algorithm_id=algorithm,
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(finding.source)],
+                source_images=[
+                    hd.sr.SourceImageForMeasurementGroup.from_source_image(finding.source)
+                ],
                 measurements=[
                     hd.sr.Measurement(
                         name=PROBABILITY, value=round(float(finding.probability), 6), unit=UNIT_ONE
@@ -204,7 +208,8 @@ def read_findings(report: Dataset) -> list[ReportedFinding]:
                 if item.ValueType == "NUM" and concept(item) == PROBABILITY.value:
                     probability = float(item.MeasuredValueSequence[0].NumericValue)
                 elif item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue in (
-                    PRESENT.value, ABSENT.value,
+                    PRESENT.value,
+                    ABSENT.value,
                 ):
                     name = str(item.ConceptNameCodeSequence[0].CodeMeaning)
                     evaluation = str(item.ConceptCodeSequence[0].CodeMeaning)

@@ -33,7 +33,7 @@ from models.runtime import LoadedModel, load_model
 from models.weights import UNTRAINED_NOTICE, resolve_weights
 from workers.celery_app import app
 from workers.delivery import c_store, to_outbox
-from workers.pipeline import analyze
+from workers.pipeline import analyze, warm_up
 from workers.queues import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,16 @@ class WorkerContext:
         with self._lock:
             if self._model is None:
                 weights = resolve_weights(
-                    self.manifest, self.settings.resolved_models_dir, self.settings.allow_demo_weights
+                    self.manifest,
+                    self.settings.resolved_models_dir,
+                    self.settings.allow_demo_weights,
                 )
                 if not weights.is_real:
                     log.warning("model %s: serving %s", self.manifest.id, UNTRAINED_NOTICE)
                 self._model = load_model(
-                    self.manifest, weights, self.settings.resolved_models_dir,
+                    self.manifest,
+                    weights,
+                    self.settings.resolved_models_dir,
                     self.settings.inference_backend,
                 )
             return self._model
@@ -91,7 +95,7 @@ def context() -> WorkerContext:
 def _warm_up(**_: Any) -> None:
     """Load the model when a worker process starts, so the first study does not wait."""
     try:
-        context().model()
+        warm_up(context().model())
     except WeightsUnavailableError as exc:
         log.error("%s", exc)
     except DicomNodeError as exc:
@@ -125,7 +129,9 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
     ctx = context()
     ledger = ctx.ledger
     if not ledger.transition(
-        study_uid, generation, StudyState.INFERRING,
+        study_uid,
+        generation,
+        StudyState.INFERRING,
         allowed_from=[StudyState.QUEUED, StudyState.INFERRING, StudyState.RECEIVING],
         model_id=ctx.settings.model_id,
     ):
@@ -142,15 +148,21 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
     except DicomNodeError as exc:
         log.error("study %s: failed: %s", study_uid, exc)
         ledger.transition(
-            study_uid, generation, StudyState.FAILED,
-            allowed_from=[StudyState.INFERRING], reason=str(exc),
+            study_uid,
+            generation,
+            StudyState.FAILED,
+            allowed_from=[StudyState.INFERRING],
+            reason=str(exc),
         )
         return {"state": StudyState.FAILED.value, "reason": str(exc)}
     model = loaded[-1] if loaded else None
     if result.report is None:
         ledger.transition(
-            study_uid, generation, StudyState.NOT_APPLICABLE,
-            allowed_from=[StudyState.INFERRING], reason=result.reason,
+            study_uid,
+            generation,
+            StudyState.NOT_APPLICABLE,
+            allowed_from=[StudyState.INFERRING],
+            reason=result.reason,
         )
         log.info("study %s: %s", study_uid, result.reason)
         return {"state": StudyState.NOT_APPLICABLE.value, "reason": result.reason}
@@ -165,12 +177,20 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
     present = [f.label.name for f in result.findings if f.present]
     log.info(
         "study %s: SR %s with %d findings (%d present), weights=%s, timings %s",
-        study_uid, report_uid, len(result.findings), len(present), _weights_tag(model),
+        study_uid,
+        report_uid,
+        len(result.findings),
+        len(present),
+        _weights_tag(model),
         {k: round(v, 3) for k, v in result.timings.items()},
     )
     if not ledger.transition(
-        study_uid, generation, StudyState.REPORTED, allowed_from=[StudyState.INFERRING],
-        report_uid=report_uid, report_path=str(report_path),
+        study_uid,
+        generation,
+        StudyState.REPORTED,
+        allowed_from=[StudyState.INFERRING],
+        report_uid=report_uid,
+        report_path=str(report_path),
         weights_kind=model.weights.kind if model else None,
     ):
         log.info("study %s: generation %d superseded during inference", study_uid, generation)
@@ -215,22 +235,36 @@ def deliver_report(self: Task, study_uid: str, generation: int, report_path: str
         if peer is None:
             destination = f"outbox:{to_outbox(path, settings.data_dir / 'outbox')}"
         else:
-            c_store(path, peer, settings.ae_title, settings.acse_timeout,
-                    settings.dimse_timeout, settings.network_timeout)
+            c_store(
+                path,
+                peer,
+                settings.ae_title,
+                settings.acse_timeout,
+                settings.dimse_timeout,
+                settings.network_timeout,
+            )
             destination = str(peer)
     except (DeliveryError, OSError) as exc:
         delay = backoff_seconds(
-            self.request.retries, settings.delivery_retry_base_seconds,
+            self.request.retries,
+            settings.delivery_retry_base_seconds,
             settings.delivery_retry_max_seconds,
         )
         log.warning(
             "study %s: delivery attempt %d failed (%s); retrying in %.1f s",
-            study_uid, self.request.retries + 1, exc, delay,
+            study_uid,
+            self.request.retries + 1,
+            exc,
+            delay,
         )
         ctx.ledger.note(study_uid, generation, reason=f"delivery pending: {exc}")
         raise self.retry(exc=exc, countdown=delay) from exc
     ctx.ledger.transition(
-        study_uid, generation, StudyState.DELIVERED,
-        allowed_from=[StudyState.REPORTED, StudyState.DELIVERED], destination=destination, reason=None,
+        study_uid,
+        generation,
+        StudyState.DELIVERED,
+        allowed_from=[StudyState.REPORTED, StudyState.DELIVERED],
+        destination=destination,
+        reason=None,
     )
     return {"state": StudyState.DELIVERED.value, "destination": destination}

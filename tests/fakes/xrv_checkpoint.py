@@ -78,6 +78,8 @@ def make_xrv_like_checkpoint(path: Path, seed: int = 7, fmt: str = "legacy") -> 
     root = Path(__file__).resolve().parents[2]
     subprocess.run(
         [sys.executable, "-c", _SCRIPT, str(path), str(seed), fmt],
-        check=True, cwd=root, capture_output=True,
+        check=True,
+        cwd=root,
+        capture_output=True,
     )
     return path

