@@ -92,8 +92,7 @@ def _push(port: str, *files: Path) -> None:
             "MODALITY",
             "-aec",
             "DICOM_NODE",
-            "+r",
-            "-xs",
+            "-xv",  # propose JPEG 2000 lossless and uncompressed
             "127.0.0.1",
             port,
             *map(str, files),

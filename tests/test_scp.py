@@ -91,8 +91,7 @@ def test_storescu_study_is_durable_and_enqueued_once(
             "MODALITY1",
             "-aec",
             "DICOM_NODE",
-            "+r",
-            "-xs",
+            "-xv",  # propose JPEG 2000 lossless and uncompressed
             "127.0.0.1",
             str(scp.port),
             str(cr_path),
@@ -131,11 +130,27 @@ def test_missing_study_uid_is_cannot_understand(
     assert scp.ledger.studies() == [] and sender.sent == []
 
 
-def test_sop_class_mismatch(node: tuple[StoreSCP, RecordingSender], cr_path: Path) -> None:
+def test_sop_class_mismatch(
+    node: tuple[StoreSCP, RecordingSender],
+    cr_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pynetdicom import _config
+
+    # Send the file as it is, with the SOP Class UID of its meta header.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     scp, _ = node
     ds = dcmread(cr_path)
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT, sent under the CR context
-    assert _scu_store(scp.port, ds) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT in the data set ...
+    mismatched = tmp_path / "mismatch.dcm"
+    ds.save_as(mismatched, enforce_file_format=True)
+    # ... and CR in the file meta, which pynetdicom sends as the Affected SOP Class UID.
+    raw = mismatched.read_bytes()
+    ct_uid, cr_uid = b"1.2.840.10008.5.1.4.1.1.2\x00", CR_CLASS.encode() + b"\x00"
+    assert raw.index(ct_uid) < raw.index(b"\x08\x00\x16\x00")  # first hit is the meta
+    mismatched.write_bytes(raw.replace(ct_uid, cr_uid, 1))
+    assert _scu_store(scp.port, mismatched) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_disk_full_answers_out_of_resources(

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from dicom_node.errors import ReportError
+from dicom_node.uids import derived_uid
 from models.manifest import Label, Manifest
 from models.weights import UNTRAINED_NOTICE, WeightsInfo
 
@@ -67,10 +67,7 @@ def report_uids(
 ) -> tuple[str, str]:
     """Deterministic (Series Instance UID, SOP Instance UID) of a study's report."""
     sources = [study_uid, str(generation), manifest.id, manifest.version, weights.sha256]
-    return (
-        generate_uid(prefix=None, entropy_srcs=[*sources, "series"]),
-        generate_uid(prefix=None, entropy_srcs=[*sources, "instance"]),
-    )
+    return derived_uid(*sources, "series"), derived_uid(*sources, "instance")
 
 
 def _concept(label: Label) -> hd.sr.CodedConcept:
@@ -124,7 +121,7 @@ def build_report(
         groups = [
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(prefix=None, entropy_srcs=[sop_uid, finding.label.name]),
+                    uid=derived_uid(sop_uid, finding.label.name),
                     identifier=finding.label.name,
                 ),
                 finding_type=_concept(finding.label),
@@ -148,7 +145,7 @@ def build_report(
         observer = hd.sr.ObserverContext(
             observer_type=codes.DCM.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=generate_uid(prefix=None, entropy_srcs=[manifest.id, weights.sha256]),
+                uid=derived_uid(manifest.id, weights.sha256),
                 name=(manifest.name + (" UNTRAINED" if demo else ""))[:64],
                 manufacturer_name=MANUFACTURER,
                 model_name=manifest.id,
