@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Without imported weights, `make up` and `make demo` serve seeded untrained weights,
-# labelled as such in every SR and log line. Set DICOM_NODE_ALLOW_DEMO_WEIGHTS=0 to refuse.
-export DICOM_NODE_ALLOW_DEMO_WEIGHTS ?= 1
+# labelled as such in every SR and log line. DICOM_NODE_ALLOW_DEMO_WEIGHTS=0 refuses them.
+DEMO_WEIGHTS := DICOM_NODE_ALLOW_DEMO_WEIGHTS=$${DICOM_NODE_ALLOW_DEMO_WEIGHTS:-1}
 
 .PHONY: up test demo bench lint typecheck venv sysdeps clean
 
@@ -28,10 +28,10 @@ sysdeps:
 	fi
 
 up: venv
-	$(BIN)/dicom-node up
+	$(DEMO_WEIGHTS) $(BIN)/dicom-node up
 
 demo: venv
-	$(BIN)/dicom-node demo
+	$(DEMO_WEIGHTS) $(BIN)/dicom-node demo
 
 lint: venv
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -166,9 +167,11 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         If the file cannot be read as a torch checkpoint.
     """
     try:
-        obj = torch.load(
-            path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False
-        )
+        with warnings.catch_warnings():  # legacy files: "couldn't retrieve source code"
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(
+                path, map_location="cpu", pickle_module=_RestrictedPickleModule, weights_only=False
+            )
     except UnsafePickleError:
         raise
     except Exception as exc:

@@ -43,6 +43,14 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+@pytest.fixture(autouse=True)
+def _no_node_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see only the DICOM_NODE_* settings they set themselves."""
+    for name in list(os.environ):
+        if name.startswith("DICOM_NODE_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def manifest() -> Manifest:
     return ModelRegistry.from_directory().get(MODEL_ID)

@@ -171,7 +171,24 @@ def build_report(
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise ReportError(f"cannot build SR for study {study_uid}: {exc}") from exc
+    _declare_local_schemes(report, manifest)
     return report
+
+
+def _declare_local_schemes(report: Dataset, manifest: Manifest) -> None:
+    """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1)."""
+    local = sorted(
+        {label.code.scheme for label in manifest.labels if label.code.scheme[:2] == "99"}
+    )
+    items = []
+    for scheme in local:
+        item = Dataset()
+        item.CodingSchemeDesignator = scheme
+        item.CodingSchemeName = f"{MANUFACTURER} local finding codes ({manifest.id})"[:64]
+        item.CodingSchemeResponsibleOrganization = MANUFACTURER
+        items.append(item)
+    if items:
+        report.CodingSchemeIdentificationSequence = items
 
 
 @dataclass(frozen=True)
