@@ -135,6 +135,7 @@ class StudySnapshot:
     reported_at: float | None
     delivered_at: float | None
     finished_at: float | None
+    task_id: str | None
     model_id: str | None
     weights_kind: str | None
     report_uid: str | None

@@ -53,7 +53,7 @@ def celery_sender(settings: Settings) -> SendTask:
     from workers.celery_app import create_app
     from workers.queues import ANALYZE_TASK, model_queue
 
-    app = create_app(settings)
+    app = create_app(settings, with_results=False)
     policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
     def send(study_uid: str, generation: int, paths: list[str], task_id: str) -> None:

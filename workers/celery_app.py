@@ -23,8 +23,19 @@ from workers.queues import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE, model_que
 VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
 
 
-def create_app(settings: Settings) -> Celery:
+def create_app(settings: Settings, with_results: bool = True) -> Celery:
     """Build the Celery app for ``settings``.
+
+    Parameters
+    ----------
+    settings : Settings
+        Node settings (broker URL, model id, retry cap).
+    with_results : bool
+        Use Redis as result backend. The SCP only publishes and passes False:
+        with a Redis result backend every ``send_task`` also subscribes for the
+        result, which during an outage fails with "the Celery application must
+        be restarted" and slowed recovery after Redis returned (about 20 s
+        instead of 2.5 s in ``tests/test_outage.py``).
 
     Raises
     ------
@@ -37,7 +48,8 @@ def create_app(settings: Settings) -> Celery:
         raise ConfigError(
             "DICOM_NODE_DELIVERY_RETRY_MAX_SECONDS must be below the visibility timeout"
         )
-    app = Celery("dicom_node", broker=settings.broker_url, backend=settings.broker_url)
+    backend = settings.broker_url if with_results else None
+    app = Celery("dicom_node", broker=settings.broker_url, backend=backend)
     transport = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
     app.conf.update(
         task_serializer="json",

@@ -66,6 +66,8 @@ def c_store(
         raise DeliveryError(f"association with {peer} not established")
     try:
         response = assoc.send_c_store(ds)
+    except (ValueError, RuntimeError) as exc:  # e.g. the PACS accepted no context for SR
+        raise DeliveryError(f"{peer} cannot take {ds.SOPClassUID}: {exc}") from exc
     finally:
         assoc.release()
     if response is None or "Status" not in response:

@@ -23,9 +23,10 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init
+from pydicom.filebase import DicomBytesIO
 
 from dicom_node.config import Settings, load_settings
-from dicom_node.errors import DeliveryError, DicomNodeError, WeightsUnavailableError
+from dicom_node.errors import DeliveryError, DicomNodeError, SpoolError, WeightsUnavailableError
 from dicom_node.ledger import Ledger, StudyState
 from dicom_node.spool import safe_component, write_durably
 from models.manifest import Manifest, ModelRegistry
@@ -145,16 +146,19 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
 
     try:
         result = analyze(study_uid, generation, paths, ctx.manifest, get_model)
-    except DicomNodeError as exc:
-        log.error("study %s: failed: %s", study_uid, exc)
+    except Exception as exc:  # task boundary: every failure becomes a ledger reason
+        reason = str(exc) if isinstance(exc, DicomNodeError) else f"internal error: {exc!r}"
+        log.error(
+            "study %s: failed: %s", study_uid, reason, exc_info=not isinstance(exc, DicomNodeError)
+        )
         ledger.transition(
             study_uid,
             generation,
             StudyState.FAILED,
             allowed_from=[StudyState.INFERRING],
-            reason=str(exc),
+            reason=reason,
         )
-        return {"state": StudyState.FAILED.value, "reason": str(exc)}
+        return {"state": StudyState.FAILED.value, "reason": reason}
     model = loaded[-1] if loaded else None
     if result.report is None:
         ledger.transition(
@@ -169,11 +173,14 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
 
     report_uid = str(result.report.SOPInstanceUID)
     report_path = ctx.settings.data_dir / "reports" / f"{safe_component(report_uid)}.dcm"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_suffix(".building")
-    result.report.save_as(tmp, enforce_file_format=True)
-    write_durably(report_path, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
+    try:
+        buffer = DicomBytesIO()
+        result.report.save_as(buffer, enforce_file_format=True)
+        write_durably(report_path, buffer.getvalue())
+    except SpoolError as exc:  # disk full: keep the study, try again later
+        log.error("study %s: cannot write SR %s (%s); retrying in 60 s", study_uid, report_uid, exc)
+        ledger.note(study_uid, generation, reason=f"report not written: {exc}")
+        raise self.retry(exc=exc, countdown=60, max_retries=None) from exc
     present = [f.label.name for f in result.findings if f.present]
     log.info(
         "study %s: SR %s with %d findings (%d present), weights=%s, timings %s",

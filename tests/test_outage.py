@@ -1,0 +1,55 @@
+"""A Redis outage delays work and never drops it: real SCP, real Celery publisher, real Redis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from pydicom import dcmread
+
+from dicom_node import status
+from dicom_node.config import Settings
+from dicom_node.ledger import StudyState
+from dicom_node.scp import StoreSCP
+from tests.conftest import free_port, start_redis, wait_for
+from tests.test_scp import _scu_store
+from workers.queues import model_queue
+
+
+def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Path) -> None:
+    redis_port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "node",
+        host="127.0.0.1",
+        port=free_port(),
+        study_quiet_seconds=0.3,
+        broker_url=f"redis://127.0.0.1:{redis_port}/0",
+    )
+    scp = StoreSCP(settings)  # the real Celery publisher; no Redis yet
+    scp.start()
+    server = None
+    try:
+        assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS  # durable, so Success
+        study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
+
+        def waiting() -> bool:
+            study = scp.ledger.get(study_uid)
+            return bool(study and study.reason and "waiting for broker" in study.reason)
+
+        wait_for(waiting, 30, "the enqueue to fail while Redis is down")
+        study = scp.ledger.get(study_uid)
+        assert study is not None and study.state is StudyState.RECEIVING
+
+        server = start_redis(redis_port, tmp_path)
+        wait_for(
+            lambda: (s := scp.ledger.get(study_uid)) and s.state is StudyState.QUEUED and s.task_id,
+            60,
+            "the study to be enqueued after Redis came back",
+        )
+        queued = redis.Redis(port=redis_port).llen(model_queue(settings.model_id))
+        assert queued == 1
+    finally:
+        scp.stop()
+        if server is not None:
+            server.terminate()
+            server.wait(10)
