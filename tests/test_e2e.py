@@ -27,25 +27,30 @@ from workers.sr import read_findings
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture()
-def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port, out = free_port(), tmp_path / "pacs"
-    out.mkdir()
-    proc = subprocess.Popen(
+def start_pacs(port: int, out: Path) -> subprocess.Popen[bytes]:
+    """dcmtk's storescp as the PACS, writing what it receives to ``out``."""
+    out.mkdir(exist_ok=True)
+    return subprocess.Popen(
         [require_tool("storescp"), "-aet", "PACS", "-od", str(out), "+xa", str(port)],
         env=dcmtk_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+@pytest.fixture()
+def pacs(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    port, out = free_port(), tmp_path / "pacs"
+    proc = start_pacs(port, out)
     yield port, out
     proc.terminate()
     proc.wait(10)
 
 
-@pytest.fixture()
-def node(
-    tmp_path: Path, pacs: tuple[int, Path], models_dir: Path, demo_weights: object
-) -> Iterator[dict[str, str]]:
+def start_node(
+    tmp_path: Path, pacs_port: int, models_dir: Path, **extra: str
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """`dicom-node up` in a subprocess, ready when echoscu gets an answer."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
     env.update(
@@ -54,18 +59,20 @@ def node(
             "DICOM_NODE_MODELS_DIR": str(models_dir),
             "DICOM_NODE_HOST": "127.0.0.1",
             "DICOM_NODE_PORT": str(port),
-            "DICOM_NODE_PACS": f"PACS@127.0.0.1:{pacs[0]}",
+            "DICOM_NODE_PACS": f"PACS@127.0.0.1:{pacs_port}",
             "DICOM_NODE_STUDY_QUIET_SECONDS": "1",
             "DICOM_NODE_ALLOW_DEMO_WEIGHTS": "1",
+            **extra,
         }
     )
-    log = open(tmp_path / "node.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dicom_node.cli", "up"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "node.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node.cli", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     echo = [require_tool("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(port)]
     wait_for(
         lambda: (
@@ -76,12 +83,23 @@ def node(
         "the node's SCP",
         interval=0.5,
     )
-    yield {**env, "port": str(port), "log": str(tmp_path / "node.log")}
+    return proc, {**env, "port": str(port), "log": str(log)}
+
+
+def stop_node(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
     proc.send_signal(signal.SIGINT)  # as Ctrl-C
     assert proc.wait(120) == 0
-    log.close()
-    text = Path(env["DICOM_NODE_DATA_DIR"]).parent.joinpath("node.log").read_text(errors="replace")
+    text = Path(env["log"]).read_text(errors="replace")
     assert "celery-worker stopped" in text and "redis-server stopped" in text
+
+
+@pytest.fixture()
+def node(
+    tmp_path: Path, pacs: tuple[int, Path], models_dir: Path, demo_weights: object
+) -> Iterator[dict[str, str]]:
+    proc, env = start_node(tmp_path, pacs[0], models_dir)
+    yield env
+    stop_node(proc, env)
 
 
 def _push(port: str, *files: Path) -> None:
@@ -158,3 +176,36 @@ def test_chest_xrays_come_back_as_srs_and_ct_does_not(
     assert "UNTRAINED DEMO WEIGHTS" in log
     for source in sources.values():  # no PHI in logs
         assert str(source.PatientName) not in log and str(source.PatientID) not in log
+
+
+def test_pacs_outage_delays_delivery_until_it_returns(
+    tmp_path: Path, models_dir: Path, demo_weights: object, cr_path: Path
+) -> None:
+    pacs_port, received = free_port(), tmp_path / "pacs"
+    proc, env = start_node(
+        tmp_path,
+        pacs_port,
+        models_dir,
+        DICOM_NODE_DELIVERY_RETRY_BASE_SECONDS="0.5",
+        DICOM_NODE_DELIVERY_RETRY_MAX_SECONDS="2",
+    )
+    pacs = None
+    try:
+        _push(env["port"], cr_path)
+        study = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
+
+        def pending() -> bool:
+            s = _status(env).get(study, {})
+            return s.get("state") == "reported" and int(s.get("delivery_attempts") or 0) >= 2
+
+        wait_for(pending, 120, "failed delivery attempts while the PACS is down", interval=0.5)
+        assert "delivery pending" in str(_status(env)[study]["reason"])
+        pacs = start_pacs(pacs_port, received)
+        wait_for(lambda: _status(env)[study]["state"] == "delivered", 60, "delivery", interval=0.5)
+        (sr_file,) = list(received.iterdir())
+        assert dcmread(sr_file).SOPInstanceUID == _status(env)[study]["report_uid"]
+    finally:
+        stop_node(proc, env)
+        if pacs is not None:
+            pacs.terminate()
+            pacs.wait(10)
