@@ -51,24 +51,11 @@ def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.queues import DELIVERY_QUEUE, model_queue
+    from workers.queues import worker_argv
 
     if not settings.broker_url:
         raise DicomNodeError("DICOM_NODE_BROKER_URL is required for a standalone worker")
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "-Q",
-        f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
-        "--concurrency",
-        str(args.concurrency),
-        "--loglevel",
-        settings.log_level,
-    ]
+    argv = worker_argv(settings.model_id, args.concurrency, settings.log_level)
     os.execv(sys.executable, argv)
 
 

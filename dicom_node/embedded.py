@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from typing import Any
 from dicom_node.config import Settings
 from dicom_node.errors import ServiceError
 from dicom_node.scp import StoreSCP
-from workers.queues import DELIVERY_QUEUE, model_queue
+from workers.queues import worker_argv
 
 log = logging.getLogger(__name__)
 
@@ -179,24 +178,8 @@ def worker_child(settings: Settings, broker_url: str) -> Child:
     )
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
     env = {**inherited, **resolved.to_env()}
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app",
-        "worker",
-        "-Q",
-        f"{model_queue(settings.model_id)},{DELIVERY_QUEUE}",
-        "--concurrency",
-        "1",
-        "--loglevel",
-        settings.log_level,
-        "--hostname",
-        f"dicom-node-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    argv = worker_argv(settings.model_id, 1, settings.log_level, f"dicom-node-{os.getpid()}@%h")
+    argv += ["--without-gossip", "--without-mingle"]
     return Child("celery-worker", argv, env=env, stop_timeout=60.0)
 
 
