@@ -21,6 +21,7 @@ from dicom_node.errors import PixelDataError
 from models.manifest import Manifest
 from models.preprocess import preprocess_xrv
 from models.runtime import LoadedModel
+from models.weights import WeightsInfo
 from workers.pixels import display_image
 from workers.sr import Finding, build_report
 
@@ -43,6 +44,8 @@ class Analysis:
         SOP Instance UIDs the model ran on.
     timings : dict of str to float
         Seconds per stage: ``select``, ``decode``, ``infer``, ``report``.
+    weights : WeightsInfo or None
+        The weights that produced the findings (None when the model did not run).
     """
 
     report: Dataset | None
@@ -50,6 +53,7 @@ class Analysis:
     reason: str = ""
     used: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    weights: WeightsInfo | None = None
 
 
 def select_applicable(
@@ -153,7 +157,11 @@ def analyze(
     report = build_report(findings, headers, manifest, model.weights, study_uid, generation)
     timings["report"] = time.perf_counter() - started
     return Analysis(
-        report, findings, used=[str(h.SOPInstanceUID) for h in headers], timings=timings
+        report,
+        findings,
+        used=[str(h.SOPInstanceUID) for h in headers],
+        timings=timings,
+        weights=model.weights,
     )
 
 

@@ -26,7 +26,7 @@ from celery.signals import worker_process_init
 from pydicom.filebase import DicomBytesIO
 
 from dicom_node.config import Settings, load_settings
-from dicom_node.errors import DeliveryError, DicomNodeError, SpoolError, WeightsUnavailableError
+from dicom_node.errors import DeliveryError, DicomNodeError, SpoolError
 from dicom_node.ledger import Ledger, StudyState
 from dicom_node.spool import safe_component, write_durably
 from models.manifest import Manifest, ModelRegistry
@@ -97,16 +97,8 @@ def _warm_up(**_: Any) -> None:
     """Load the model when a worker process starts, so the first study does not wait."""
     try:
         warm_up(context().model())
-    except WeightsUnavailableError as exc:
-        log.error("%s", exc)
-    except DicomNodeError as exc:
-        log.error("model warm-up failed: %s", exc)
-
-
-def _weights_tag(model: LoadedModel | None) -> str:
-    if model is None:
-        return "-"
-    return "real" if model.weights.is_real else UNTRAINED_NOTICE
+    except DicomNodeError as exc:  # no weights, bad engine: each study will say so too
+        log.error("model warm-up: %s", exc)
 
 
 @app.task(name=ANALYZE_TASK, bind=True, acks_late=True)
@@ -138,14 +130,8 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
     ):
         log.info("study %s generation %d: superseded or done; skipping", study_uid, generation)
         return {"state": "skipped"}
-    loaded: list[LoadedModel] = []
-
-    def get_model() -> LoadedModel:
-        loaded.append(ctx.model())
-        return loaded[-1]
-
     try:
-        result = analyze(study_uid, generation, paths, ctx.manifest, get_model)
+        result = analyze(study_uid, generation, paths, ctx.manifest, ctx.model)
     except Exception as exc:  # task boundary: every failure becomes a ledger reason
         reason = str(exc) if isinstance(exc, DicomNodeError) else f"internal error: {exc!r}"
         log.error(
@@ -159,7 +145,6 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
             reason=reason,
         )
         return {"state": StudyState.FAILED.value, "reason": reason}
-    model = loaded[-1] if loaded else None
     if result.report is None:
         ledger.transition(
             study_uid,
@@ -188,7 +173,7 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
         report_uid,
         len(result.findings),
         len(present),
-        _weights_tag(model),
+        "real" if result.weights and result.weights.is_real else UNTRAINED_NOTICE,
         {k: round(v, 3) for k, v in result.timings.items()},
     )
     if not ledger.transition(
@@ -198,7 +183,7 @@ def analyze_study(self: Task, study_uid: str, generation: int, paths: list[str])
         allowed_from=[StudyState.INFERRING],
         report_uid=report_uid,
         report_path=str(report_path),
-        weights_kind=model.weights.kind if model else None,
+        weights_kind=result.weights.kind if result.weights else None,
     ):
         log.info("study %s: generation %d superseded during inference", study_uid, generation)
     app.send_task(
