@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from dicom_node.errors import (
     UnsafePickleError,
@@ -227,14 +227,7 @@ def _write_record(info: WeightsInfo) -> None:
 
 
 def _save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> str:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        save_file(tensors, str(tmp_path), metadata=metadata)
-        write_durably(target, tmp_path.read_bytes())
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    write_durably(target, save(tensors, metadata=metadata))
     return sha256_file(target)
 
 

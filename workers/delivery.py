@@ -7,7 +7,6 @@ Retries with exponential back-off are the Celery task's job
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from pydicom import dcmread
@@ -17,7 +16,7 @@ from pynetdicom import AE
 from dicom_node import status
 from dicom_node.config import Peer
 from dicom_node.errors import DeliveryError
-from dicom_node.spool import fsync_dir, write_durably
+from dicom_node.spool import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,6 @@ def to_outbox(path: Path, outbox: Path) -> Path:
     Path
         The outbox file.
     """
-    target = outbox / path.name
-    outbox.mkdir(parents=True, exist_ok=True)
-    tmp = outbox / f".tmp-{path.name}"
-    shutil.copyfile(path, tmp)
-    write_durably(target, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
-    fsync_dir(outbox)
+    target = write_durably(outbox / path.name, path.read_bytes())
     log.info("wrote SR %s to the outbox", path.stem)
     return target
