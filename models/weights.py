@@ -180,7 +180,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, _ModuleStub):
         _collect_tensors(obj, "", tensors)
     elif isinstance(obj, dict):
-        source = obj.get("state_dict", obj) if "state_dict" in obj else obj
+        source = obj.get("state_dict", obj)
         tensors = {k: v.detach().clone() for k, v in source.items() if isinstance(v, torch.Tensor)}
     else:
         raise WeightsError(f"{path.name}: unexpected checkpoint content {type(obj).__name__}")
@@ -227,8 +227,9 @@ def _write_record(info: WeightsInfo) -> None:
 
 
 def _save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> str:
-    write_durably(target, save(tensors, metadata=metadata))
-    return sha256_file(target)
+    data = save(tensors, metadata=metadata)
+    write_durably(target, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def import_checkpoint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -36,6 +37,11 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def disk_full(fd: int) -> None:
+    """Stand-in for ``os.fsync`` on a full file system (monkeypatched in)."""
+    raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -7,7 +7,6 @@ runs the real broker and worker.
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from dicom_node.config import Settings
 from dicom_node.errors import EnqueueError
 from dicom_node.ledger import StudyState
 from dicom_node.scp import StoreSCP
-from tests.conftest import dcmtk_env, free_port, require_tool, wait_for
+from tests.conftest import dcmtk_env, disk_full, free_port, require_tool, wait_for
 
 CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 
@@ -158,10 +157,7 @@ def test_disk_full_answers_out_of_resources(
 ) -> None:
     scp, _ = node
 
-    def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     assert _scu_store(scp.port, dcmread(cr_path)) == status.OUT_OF_RESOURCES
     monkeypatch.undo()
     assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS  # retried later: kept

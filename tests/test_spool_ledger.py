@@ -1,4 +1,3 @@
-import errno
 import os
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import pytest
 from dicom_node.errors import DiskFullError
 from dicom_node.ledger import InstanceRecord, Ledger, StudyState
 from dicom_node.spool import Spool, safe_component, write_durably
+from tests.conftest import disk_full
 
 
 def test_write_durably_leaves_only_the_final_file(tmp_path: Path) -> None:
@@ -18,10 +18,7 @@ def test_write_durably_leaves_only_the_final_file(tmp_path: Path) -> None:
 def test_disk_full_is_reported_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(DiskFullError):
         write_durably(tmp_path / "x.dcm", b"data")
     assert list(tmp_path.iterdir()) == []
