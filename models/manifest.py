@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dicom_node.errors import ManifestError
+from dicom_node.core.errors import ManifestError
 
 MANIFEST_DIR = Path(__file__).with_name("manifests")
 

@@ -16,9 +16,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_node.embedded import redis_server_binary
+from dicom_node.app.supervisor import redis_server_binary
 from models.manifest import Manifest, ModelRegistry
-from models.weights import WeightsInfo, resolve_weights
+from models.weights.store.store import WeightsInfo, resolve_weights
 
 MODEL_ID = "xrv-densenet121-res224-all"
 

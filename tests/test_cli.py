@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.cli import main
-from dicom_node.ledger import InstanceRecord, Ledger
+from dicom_node.app.cli import main
+from dicom_node.core.ledger import InstanceRecord, Ledger
 from tests.conftest import free_port
 
 

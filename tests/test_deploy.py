@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicom_node.config import Settings
+from dicom_node.core.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 SETTINGS = {f"DICOM_NODE_{name.upper()}" for name in Settings.model_fields} | {"DICOM_NODE_CONFIG"}
@@ -48,7 +48,7 @@ def test_systemd_unit_verifies(unit: str, tmp_path: Path) -> None:
     text = (DEPLOY / "systemd" / unit).read_text()
     # Point ExecStart at this checkout's interpreter so verify can check the binary.
     text = text.replace(
-        "/opt/dicom-node/.venv/bin/dicom-node", f"{sys.executable} -m dicom_node.cli"
+        "/opt/dicom-node/.venv/bin/dicom-node", f"{sys.executable} -m dicom_node.app.cli"
     )
     target = tmp_path / unit.replace("@.service", "@0.service")
     target.write_text(text)

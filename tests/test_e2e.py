@@ -22,7 +22,7 @@ from tests.conftest import (
     wait_for,
     with_new_uids,
 )
-from workers.sr import read_findings
+from workers.outputs.tid1500 import read_findings
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ def start_node(
     log = tmp_path / "node.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node.cli", "up"],
+            [sys.executable, "-m", "dicom_node.app.cli", "up"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -125,7 +125,7 @@ def _push(port: str, *files: Path) -> None:
 
 def _status(env: dict[str, str]) -> dict[str, dict[str, object]]:
     out = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "status", "--json"],
+        [sys.executable, "-m", "dicom_node.app.cli", "status", "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -7,13 +7,13 @@ from pathlib import Path
 import redis
 from pydicom import dcmread
 
-from dicom_node import status
-from dicom_node.config import Settings
-from dicom_node.ledger import StudyState
-from dicom_node.scp import StoreSCP
+from dicom_node.core import dimse
+from dicom_node.core.settings import Settings
+from dicom_node.core.ledger import StudyState
+from dicom_node.ingest.scp import StoreSCP
 from tests.conftest import free_port, start_redis, wait_for
 from tests.test_scp import _scu_store
-from workers.queues import model_queue
+from dicom_node.core.contract import model_queue
 
 
 def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Path) -> None:
@@ -29,7 +29,7 @@ def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Pa
     scp.start()
     server = None
     try:
-        assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS  # durable, so Success
+        assert _scu_store(scp.port, dcmread(cr_path)) == dimse.SUCCESS  # durable, so Success
         study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
 
         def waiting() -> bool:

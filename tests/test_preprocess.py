@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from models.preprocess import center_crop, preprocess_xrv, resize, xrv_normalize
-from workers.pixels import display_image
+from models.preprocessing.xrv import center_crop, preprocess_xrv, resize, xrv_normalize
+from models.preprocessing.pixels import display_image
 
 
 def test_normalize_is_torchxrayvision_formula() -> None:

@@ -4,10 +4,10 @@ import numpy as np
 from pydicom import dcmread
 
 from models.manifest import Manifest
-from models.preprocess import preprocess_xrv
-from models.runtime import load_model
-from models.weights import WeightsInfo
-from workers.pixels import display_image
+from models.preprocessing.xrv import preprocess_xrv
+from models.backends.runtime import load_model
+from models.weights.store.store import WeightsInfo
+from models.preprocessing.pixels import display_image
 
 
 def test_onnxruntime_and_torch_agree(

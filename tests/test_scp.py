@@ -19,11 +19,11 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node import status
-from dicom_node.config import Settings
-from dicom_node.errors import EnqueueError
-from dicom_node.ledger import StudyState
-from dicom_node.scp import StoreSCP
+from dicom_node.core import dimse
+from dicom_node.core.settings import Settings
+from dicom_node.core.errors import EnqueueError
+from dicom_node.core.ledger import StudyState
+from dicom_node.ingest.scp import StoreSCP
 from tests.conftest import dcmtk_env, disk_full, free_port, require_tool, wait_for
 
 CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"
@@ -124,7 +124,7 @@ def test_missing_study_uid_is_cannot_understand(
     scp, sender = node
     ds = dcmread(cr_path)
     del ds.StudyInstanceUID
-    assert _scu_store(scp.port, ds) == status.CANNOT_UNDERSTAND
+    assert _scu_store(scp.port, ds) == dimse.CANNOT_UNDERSTAND
     assert not scp.spool.root.exists() or not list(scp.spool.root.rglob("*.dcm"))
     assert scp.ledger.studies() == [] and sender.sent == []
 
@@ -149,7 +149,7 @@ def test_sop_class_mismatch(
     ct_uid, cr_uid = b"1.2.840.10008.5.1.4.1.1.2\x00", CR_CLASS.encode() + b"\x00"
     assert raw.index(ct_uid) < raw.index(b"\x08\x00\x16\x00")  # first hit is the meta
     mismatched.write_bytes(raw.replace(ct_uid, cr_uid, 1))
-    assert _scu_store(scp.port, mismatched) == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert _scu_store(scp.port, mismatched) == dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_disk_full_answers_out_of_resources(
@@ -158,9 +158,9 @@ def test_disk_full_answers_out_of_resources(
     scp, _ = node
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    assert _scu_store(scp.port, dcmread(cr_path)) == status.OUT_OF_RESOURCES
+    assert _scu_store(scp.port, dcmread(cr_path)) == dimse.OUT_OF_RESOURCES
     monkeypatch.undo()
-    assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS  # retried later: kept
+    assert _scu_store(scp.port, dcmread(cr_path)) == dimse.SUCCESS  # retried later: kept
 
 
 def test_broker_down_delays_but_keeps_the_study(
@@ -168,7 +168,7 @@ def test_broker_down_delays_but_keeps_the_study(
 ) -> None:
     scp, sender = node
     sender.down = True
-    assert _scu_store(scp.port, dcmread(cr_path)) == status.SUCCESS
+    assert _scu_store(scp.port, dcmread(cr_path)) == dimse.SUCCESS
     study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
     wait_for(lambda: (s := scp.ledger.get(study_uid)) and s.reason, 10, "a failed enqueue")
     study = scp.ledger.get(study_uid)

@@ -3,9 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.errors import DiskFullError
-from dicom_node.ledger import InstanceRecord, Ledger, StudyState
-from dicom_node.spool import Spool, safe_component, write_durably
+from dicom_node.core.errors import DiskFullError
+from dicom_node.core.ledger import InstanceRecord, Ledger, StudyState
+from dicom_node.core.durable import safe_component, write_durably
+from dicom_node.ingest.spool import Spool
 from tests.conftest import disk_full
 
 

@@ -3,11 +3,11 @@ from pathlib import Path
 from pydicom import dcmread
 
 from models.manifest import Manifest
-from models.runtime import load_model
-from models.weights import WeightsInfo
+from models.backends.runtime import load_model
+from models.weights.store.store import WeightsInfo
 from tests.conftest import dciodvfy_errors
-from workers.pipeline import analyze
-from workers.sr import read_findings
+from workers.pipeline.run.run import analyze
+from workers.outputs.tid1500 import read_findings
 
 
 def test_chest_cr_gives_a_valid_tid1500_sr(

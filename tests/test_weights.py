@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_node.errors import UnsafePickleError, WeightsIntegrityError, WeightsUnavailableError
+from dicom_node.core.errors import UnsafePickleError, WeightsIntegrityError, WeightsUnavailableError
 from models.manifest import Manifest
-from models.weights import fetch_weights, import_checkpoint, read_checkpoint, resolve_weights
+from models.weights.store.store import fetch_weights, import_checkpoint, read_checkpoint, resolve_weights
 from tests.fakes.xrv_checkpoint import make_xrv_like_checkpoint
 
 

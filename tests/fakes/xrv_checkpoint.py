@@ -20,7 +20,7 @@ _SCRIPT = textwrap.dedent(
     import sys, types, torch
     from collections import OrderedDict
     from torch import nn
-    import models.densenet as ours
+    import models.architectures.densenet as ours
 
     fake = types.ModuleType("torchxrayvision.models")
     pkg = types.ModuleType("torchxrayvision")

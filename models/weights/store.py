@@ -32,14 +32,14 @@ from typing import IO, Any, Literal
 import torch
 from safetensors.torch import load_file, save
 
-from dicom_node.errors import (
+from dicom_node.core.errors import (
     UnsafePickleError,
     WeightsError,
     WeightsIntegrityError,
     WeightsUnavailableError,
 )
-from dicom_node.spool import write_durably
-from models.densenet import DenseNet121
+from dicom_node.core.durable import write_durably
+from models.architectures.densenet import DenseNet121
 from models.manifest import Manifest
 
 log = logging.getLogger(__name__)

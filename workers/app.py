@@ -9,16 +9,16 @@
 - ``visibility_timeout`` is longer than the longest delivery back-off, so a
   delayed retry is not delivered twice.
 
-Run a worker with ``celery -A workers.celery_app worker`` (or ``dicom-node worker``).
+Run a worker with ``celery -A workers.app worker`` (or ``dicom-node worker``).
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from dicom_node.config import Settings, load_settings
-from dicom_node.errors import ConfigError
-from workers.queues import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE, model_queue
+from dicom_node.core.settings import Settings, load_settings
+from dicom_node.core.errors import ConfigError
+from dicom_node.core.contract import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE, model_queue
 
 VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
 
@@ -70,11 +70,11 @@ def create_app(settings: Settings, with_results: bool = True) -> Celery:
             ANALYZE_TASK: {"queue": model_queue(settings.model_id)},
             DELIVER_TASK: {"queue": DELIVERY_QUEUE},
         },
-        include=["workers.tasks"],
+        include=["workers.tasks.analyze.analyze"],
     )
     return app
 
 
 _settings = load_settings()
 app = create_app(_settings) if _settings.broker_url else Celery("dicom_node")
-"""The worker's app, built from the environment (``celery -A workers.celery_app``)."""
+"""The worker's app, built from the environment (``celery -A workers.app``)."""

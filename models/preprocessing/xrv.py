@@ -89,7 +89,7 @@ def preprocess_xrv(display: npt.NDArray[np.float32], size: int = 224) -> npt.NDA
     ----------
     display : ndarray
         ``(H, W)`` float32 in ``[0, 1]``, MONOCHROME2 (bright = dense), as
-        returned by :func:`workers.pixels.display_image`.
+        returned by :func:`models.preprocessing.pixels.display_image`.
     size : int
         Model input side, pixels (224).
 

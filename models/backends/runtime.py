@@ -14,10 +14,10 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from dicom_node.errors import InferenceError
-from models.engine import build_onnx_engine, build_torch_model
+from dicom_node.core.errors import InferenceError
+from models.engines import build_onnx_engine, build_torch_model
 from models.manifest import Manifest
-from models.weights import WeightsInfo
+from models.weights.store.store import WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class OnnxRuntimeClassifier:
     Parameters
     ----------
     onnx_path : Path
-        Engine built by :func:`models.engine.build_onnx_engine`.
+        Engine built by :func:`models.engines.build_onnx_engine`.
     """
 
     backend = "onnxruntime"

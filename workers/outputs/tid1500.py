@@ -24,10 +24,10 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_node.errors import ReportError
-from dicom_node.uids import derived_uid
+from dicom_node.core.errors import ReportError
+from dicom_node.core.uids import derived_uid
 from models.manifest import Label, Manifest
-from models.weights import UNTRAINED_NOTICE, WeightsInfo
+from models.weights.store.store import UNTRAINED_NOTICE, WeightsInfo
 
 PROBABILITY = codes.DCM.Probability
 UNIT_ONE = hd.sr.CodedConcept("1", "UCUM", "no units")

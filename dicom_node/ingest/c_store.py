@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dicom_node import status
-from dicom_node.errors import DiskFullError, LedgerError, SpoolError
-from dicom_node.ledger import InstanceRecord, Ledger
-from dicom_node.spool import Spool
+from dicom_node.core import dimse
+from dicom_node.core.errors import DiskFullError, LedgerError, SpoolError
+from dicom_node.core.ledger import InstanceRecord, Ledger
+from dicom_node.ingest.spool import Spool
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -57,7 +57,7 @@ class StoreHandler:
             return self._store(event, calling_ae)
         except Exception:
             log.exception("C-STORE from %s: unexpected error; answering 0x0110", calling_ae)
-            return status.PROCESSING_FAILURE
+            return dimse.PROCESSING_FAILURE
 
     def _store(self, event: Event, calling_ae: str) -> int:
         request: Any = event.request  # a C_STORE primitive
@@ -75,7 +75,7 @@ class StoreHandler:
                 affected_uid,
                 exc.__class__.__name__,
             )
-            return status.CANNOT_UNDERSTAND
+            return dimse.CANNOT_UNDERSTAND
         if not (study_uid and sop_uid and sop_class):
             log.warning(
                 "C-STORE from %s: SOP Instance %s lacks Study/SOP Instance/SOP Class UID; "
@@ -83,7 +83,7 @@ class StoreHandler:
                 calling_ae,
                 affected_uid,
             )
-            return status.CANNOT_UNDERSTAND
+            return dimse.CANNOT_UNDERSTAND
         if sop_class != _uid(request.AffectedSOPClassUID):
             log.warning(
                 "C-STORE from %s: SOP Instance %s has SOP Class %s but was sent as %s; "
@@ -93,7 +93,7 @@ class StoreHandler:
                 sop_class,
                 request.AffectedSOPClassUID,
             )
-            return status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+            return dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS
         if sop_uid != affected_uid:
             log.warning(
                 "C-STORE from %s: SOP Instance UID %s differs from Affected SOP Instance UID %s; "
@@ -102,7 +102,7 @@ class StoreHandler:
                 sop_uid,
                 affected_uid,
             )
-            return status.CANNOT_UNDERSTAND
+            return dimse.CANNOT_UNDERSTAND
 
         try:
             path = self.spool.store(study_uid, sop_uid, event.encoded_dataset(include_meta=True))
@@ -110,10 +110,10 @@ class StoreHandler:
             log.error(
                 "C-STORE from %s: spool full storing %s; answering 0xA700", calling_ae, sop_uid
             )
-            return status.OUT_OF_RESOURCES
+            return dimse.OUT_OF_RESOURCES
         except SpoolError as exc:
             log.error("C-STORE from %s: %s; answering 0xA700", calling_ae, exc)
-            return status.OUT_OF_RESOURCES
+            return dimse.OUT_OF_RESOURCES
 
         record = InstanceRecord(
             study_uid=study_uid,
@@ -128,7 +128,7 @@ class StoreHandler:
             new = self.ledger.record_instance(record)
         except LedgerError as exc:
             log.error("C-STORE from %s: %s for %s; answering 0xA700", calling_ae, exc, sop_uid)
-            return status.OUT_OF_RESOURCES
+            return dimse.OUT_OF_RESOURCES
         log.info(
             "stored SOP Instance %s of study %s from %s%s",
             sop_uid,
@@ -136,4 +136,4 @@ class StoreHandler:
             calling_ae,
             "" if new else " (re-sent, replaced)",
         )
-        return status.SUCCESS
+        return dimse.SUCCESS

@@ -1,7 +1,7 @@
 """One study through the model: select, decode, preprocess, infer, build the SR.
 
 Pure functions of files and a loaded model, with no Celery in them, so tests
-and benchmarks call them directly. The Celery tasks in :mod:`workers.tasks`
+and benchmarks call them directly. The Celery tasks in :mod:`workers.tasks.analyze.analyze`
 wrap them with ledger transitions.
 """
 
@@ -17,13 +17,13 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
-from dicom_node.errors import PixelDataError
+from dicom_node.core.errors import PixelDataError
 from models.manifest import Manifest
-from models.preprocess import preprocess_xrv
-from models.runtime import LoadedModel
-from models.weights import WeightsInfo
-from workers.pixels import display_image
-from workers.sr import Finding, build_report
+from models.preprocessing.xrv import preprocess_xrv
+from models.backends.runtime import LoadedModel
+from models.weights.store.store import WeightsInfo
+from models.preprocessing.pixels import display_image
+from workers.outputs.tid1500 import Finding, build_report
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from dicom_node.spool import write_durably
-from models.densenet import DenseNet121, WithSigmoid
+from dicom_node.core.durable import write_durably
+from models.architectures.densenet import DenseNet121, WithSigmoid
 from models.manifest import Manifest
-from models.weights import WeightsInfo, load_state_dict
+from models.weights.store.store import WeightsInfo, load_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from dicom_node.errors import ConfigError
+from dicom_node.core.errors import ConfigError
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from dicom_node.config import CONFIG_ENV, Peer, Settings, load_settings
-from dicom_node.errors import DicomNodeError
+from dicom_node.core.settings import CONFIG_ENV, Peer, Settings, load_settings
+from dicom_node.core.errors import DicomNodeError
 
 log = logging.getLogger("dicom_node")
 
@@ -30,14 +30,14 @@ def _configure_logging(level: str) -> None:
 
 
 def _cmd_up(settings: Settings, _: argparse.Namespace) -> int:
-    from dicom_node.embedded import ensure_data_dir, run_up
+    from dicom_node.app.supervisor import ensure_data_dir, run_up
 
     ensure_data_dir(settings.data_dir)
     return run_up(settings)
 
 
 def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
-    from dicom_node.scp import StoreSCP
+    from dicom_node.ingest.scp import StoreSCP
 
     scp = StoreSCP(settings)
     scp.start()
@@ -51,7 +51,7 @@ def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.queues import worker_argv
+    from dicom_node.core.contract import worker_argv
 
     if not settings.broker_url:
         raise DicomNodeError("DICOM_NODE_BROKER_URL is required for a standalone worker")
@@ -68,7 +68,7 @@ def _span(start: float | None, end: float | None) -> str:
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.ledger import Ledger
+    from dicom_node.core.ledger import Ledger
 
     ledger = Ledger(settings.resolved_ledger_url)
     studies = ledger.studies(limit=args.limit)
@@ -94,7 +94,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.echo import echo
+    from dicom_node.app.echo_scu import echo
 
     peer = Peer.parse(args.peer)
     code = echo(peer, settings.ae_title)
@@ -104,7 +104,7 @@ def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from models.manifest import ModelRegistry
-    from models.weights import fetch_weights, import_checkpoint, resolve_weights
+    from models.weights.store.store import fetch_weights, import_checkpoint, resolve_weights
 
     registry = ModelRegistry.from_directory()
     manifest = registry.get(args.model or settings.model_id)
@@ -129,7 +129,7 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(settings: Settings, _: argparse.Namespace) -> int:
-    from dicom_node.demo import run_demo
+    from dicom_node.app.demo import run_demo
 
     return run_demo(settings)
 

@@ -25,17 +25,17 @@ from celery import Task
 from celery.signals import worker_process_init
 from pydicom.filebase import DicomBytesIO
 
-from dicom_node.config import Settings, load_settings
-from dicom_node.errors import DeliveryError, DicomNodeError, SpoolError
-from dicom_node.ledger import Ledger, StudyState
-from dicom_node.spool import safe_component, write_durably
+from dicom_node.core.settings import Settings, load_settings
+from dicom_node.core.errors import DeliveryError, DicomNodeError, SpoolError
+from dicom_node.core.ledger import Ledger, StudyState
+from dicom_node.core.durable import safe_component, write_durably
 from models.manifest import Manifest, ModelRegistry
-from models.runtime import LoadedModel, load_model
-from models.weights import UNTRAINED_NOTICE, resolve_weights
-from workers.celery_app import app
-from workers.delivery import c_store, to_outbox
-from workers.pipeline import analyze, warm_up
-from workers.queues import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE
+from models.backends.runtime import LoadedModel, load_model
+from models.weights.store.store import UNTRAINED_NOTICE, resolve_weights
+from workers.app import app
+from workers.destinations.c_store import c_store, to_outbox
+from workers.pipeline.run.run import analyze, warm_up
+from dicom_node.core.contract import ANALYZE_TASK, DELIVER_TASK, DELIVERY_QUEUE
 
 log = logging.getLogger(__name__)
 

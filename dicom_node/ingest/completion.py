@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from dicom_node.errors import DicomNodeError, EnqueueError
-from dicom_node.ledger import Ledger, StudyState
+from dicom_node.core.errors import DicomNodeError, EnqueueError
+from dicom_node.core.ledger import Ledger, StudyState
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-ANALYZE_TASK = "workers.tasks.analyze_study"
-DELIVER_TASK = "workers.tasks.deliver_report"
+ANALYZE_TASK = "workers.tasks.analyze.analyze_study"
+DELIVER_TASK = "workers.tasks.analyze.deliver_report"
 DELIVERY_QUEUE = "delivery"
 
 
@@ -38,7 +38,7 @@ def worker_argv(
         "-m",
         "celery",
         "-A",
-        "workers.celery_app",
+        "workers.app",
         "worker",
         "-Q",
         f"{model_queue(model_id)},{DELIVERY_QUEUE}",

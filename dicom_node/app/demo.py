@@ -19,11 +19,11 @@ from pydicom import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
-from dicom_node import status
-from dicom_node.config import Peer, Settings
-from dicom_node.echo import echo
-from dicom_node.embedded import free_port, run_up
-from dicom_node.errors import DeliveryError, ServiceError
+from dicom_node.core import dimse
+from dicom_node.core.settings import Peer, Settings
+from dicom_node.app.echo_scu import echo
+from dicom_node.app.supervisor import free_port, run_up
+from dicom_node.core.errors import DeliveryError, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ def sample_path() -> Path:
 
 def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     """Run the demo; return 0 when an SR came back."""
-    from workers.delivery import c_store
-    from workers.sr import read_findings
+    from workers.destinations.c_store import c_store
+    from workers.outputs.tid1500 import read_findings
 
     received: queue.Queue[Dataset] = queue.Queue()
 
     def on_store(event: evt.Event) -> int:
         received.put(event.dataset)
-        return status.SUCCESS
+        return dimse.SUCCESS
 
     pacs_ae = AE(ae_title="DEMO_PACS")
     pacs_ae.add_supported_context(Comprehensive3DSRStorage)

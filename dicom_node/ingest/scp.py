@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node import status
-from dicom_node.c_store import StoreHandler
-from dicom_node.completion import CompletionMonitor, SendTask
-from dicom_node.config import Settings
-from dicom_node.errors import EnqueueError
-from dicom_node.ledger import Ledger
-from dicom_node.spool import Spool
+from dicom_node.core import dimse
+from dicom_node.ingest.c_store import StoreHandler
+from dicom_node.ingest.completion import CompletionMonitor, SendTask
+from dicom_node.core.settings import Settings
+from dicom_node.core.errors import EnqueueError
+from dicom_node.core.ledger import Ledger
+from dicom_node.ingest.spool import Spool
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def handle_echo(event: Event) -> int:
     """Answer C-ECHO with Success (PS3.7 9.1.5)."""
     log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
-    return status.SUCCESS
+    return dimse.SUCCESS
 
 
 def build_ae(settings: Settings) -> AE:
@@ -50,8 +50,8 @@ def build_ae(settings: Settings) -> AE:
 
 def celery_sender(settings: Settings) -> SendTask:
     """Return a function that publishes a study's analysis task to Celery by name."""
-    from workers.celery_app import create_app
-    from workers.queues import ANALYZE_TASK, model_queue
+    from workers.app import create_app
+    from dicom_node.core.contract import ANALYZE_TASK, model_queue
 
     app = create_app(settings, with_results=False)
     policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}

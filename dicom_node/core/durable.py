@@ -1,9 +1,9 @@
-"""Durable storage of received instances: temp file, fsync, rename, fsync directory.
+"""Durable file writes: temp file, fsync, rename, fsync of the directory.
 
-Layout: ``<data_dir>/spool/<StudyInstanceUID>/<SOPInstanceUID>.dcm``. A file
-exists under its final name only once its bytes are on disk, so a crash leaves
-either the whole instance or nothing (plus, at worst, a ``.tmp-*`` file that a
-later write of the same instance replaces).
+A file exists under its final name only once its bytes are on disk, so a crash
+leaves either the whole file or nothing (at worst a ``.tmp-*`` file beside it).
+Also :func:`safe_component`, which turns a UID into a file name that cannot
+escape its directory.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import uuid
 from pathlib import Path
 
-from dicom_node.errors import DiskFullError, SpoolError
+from dicom_node.core.errors import DiskFullError, SpoolError
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -96,30 +96,3 @@ def write_durably(path: Path, data: bytes | memoryview) -> Path:
             raise DiskFullError(f"no space left writing {path.name}") from exc
         raise SpoolError(f"cannot write {path.name}: {exc.strerror}") from exc
     return path
-
-
-class Spool:
-    """The directory tree of received instances, grouped by study.
-
-    Parameters
-    ----------
-    root : Path
-        ``<data_dir>/spool``.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path_for(self, study_uid: str, sop_instance_uid: str) -> Path:
-        """Return where an instance is stored."""
-        return self.root / safe_component(study_uid) / f"{safe_component(sop_instance_uid)}.dcm"
-
-    def store(self, study_uid: str, sop_instance_uid: str, data: bytes) -> Path:
-        """Store one encoded instance (Part 10 file bytes) durably.
-
-        Raises
-        ------
-        DiskFullError, SpoolError
-            See :func:`write_durably`.
-        """
-        return write_durably(self.path_for(study_uid, sop_instance_uid), data)

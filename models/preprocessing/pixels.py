@@ -11,7 +11,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicom_node.errors import PixelDataError
+from dicom_node.core.errors import PixelDataError
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float] | None:

@@ -1,7 +1,7 @@
 """Report delivery: C-STORE SCU to the PACS, or the outbox when no PACS is configured.
 
 Retries with exponential back-off are the Celery task's job
-(:func:`workers.tasks.deliver_report`); this module makes one attempt.
+(:func:`workers.tasks.analyze.deliver_report`); this module makes one attempt.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from dicom_node import status
-from dicom_node.config import Peer
-from dicom_node.errors import DeliveryError
-from dicom_node.spool import write_durably
+from dicom_node.core import dimse
+from dicom_node.core.settings import Peer
+from dicom_node.core.errors import DeliveryError
+from dicom_node.core.durable import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def c_store(
     if response is None or "Status" not in response:
         raise DeliveryError(f"no C-STORE response from {peer}")
     code = int(response.Status)
-    if not status.is_success_or_warning(code):
+    if not dimse.is_success_or_warning(code):
         raise DeliveryError(f"{peer} answered C-STORE with 0x{code:04X}")
     log.info("delivered SR %s to %s (status 0x%04X)", ds.SOPInstanceUID, peer, code)
     return code

