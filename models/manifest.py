@@ -1,22 +1,48 @@
-"""Model manifests: what a model takes, gives, applies to, and where its weights come from.
+"""Model manifests: what a model is, takes, gives, applies to, and where its weights come from.
 
-A manifest is a YAML file in ``models/manifests/`` validated by :class:`Manifest`.
-The :class:`ModelRegistry` object holds the loaded manifests (no module-global
-mutable registry).
+A model is a YAML file, not code. Shipped manifests live in ``models/manifests/``;
+a site adds its own under ``<models_dir>/manifests/`` (see
+:class:`models.registry.ModelRegistry`). Each file is validated by
+:class:`Manifest` (pydantic, frozen, unknown keys refused). Following MONAI
+bundles, a manifest declares its input and output tensors (shape, layout,
+dtype, value range, channels) and pins its weights by URI and sha256.
+
+Schema (keys of the YAML file)::
+
+    id, name, version, task: classification
+    architecture: <registry key> | null        null: the weights are an ONNX file
+    architecture_params: {in_channels: 3, ...}  passed to the architecture's builder
+    weights: {uri, filename, sha256, format: torch-pickled-module|safetensors|onnx, license}
+    input: {name, layout: NCHW|NHWC, shape: [C,H,W] or [H,W,C], dtype: float32,
+            value_range: [lo, hi], channels: [...]}
+    preprocessing: [{step: <key>, ...}, ...]     vocabulary: models.preprocessing
+    output: {name, kind: class_scores, activation: sigmoid|softmax|none}
+    aggregation: {scope: image|series|study, reduce: max|mean, slice_order: patient_axis|none}
+    labels: [{name, code: {value, scheme, meaning}, threshold, report: true}]
+    routing: {rules: [{modalities, body_parts, view_positions, sop_classes, photometric_interpretations,
+                       calling_aes, study_description, series_description, attributes}]}
+    model_card: {intended_use, training_data, limitations, subgroup_caveats, reference, url,
+                 output_interpretation}
+    upstream, reference
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dicom_node.core.errors import ManifestError
 
 MANIFEST_DIR = Path(__file__).with_name("manifests")
+"""Directory of the manifests shipped inside the package."""
+
+WeightsFormat = Literal["torch-pickled-module", "safetensors", "onnx"]
+Activation = Literal["sigmoid", "softmax", "none"]
+_SHA256 = r"^[0-9a-f]{64}$"
 
 
 class _Strict(BaseModel):
@@ -24,168 +50,311 @@ class _Strict(BaseModel):
 
 
 class CodedConcept(_Strict):
-    """A coded concept (PS3.3 Table 8.8-1): code value, scheme designator, meaning."""
+    """A coded concept (PS3.3 Table 8.8-1): code value, scheme designator, meaning.
 
-    value: str = Field(max_length=16)
-    scheme: str = Field(max_length=16)
-    meaning: str = Field(max_length=64)
+    SNOMED CT (``SCT``) where the concept exists in DICOM's code tables (PS3.16,
+    as shipped in ``pydicom.sr.codedict``); otherwise the local scheme
+    ``99DCMNODE`` whose meaning is the upstream label text.
+    """
+
+    value: str = Field(min_length=1, max_length=16)
+    scheme: str = Field(min_length=1, max_length=16)
+    meaning: str = Field(min_length=1, max_length=64)
 
 
 class Label(_Strict):
-    """One output of a classifier: its coded finding and operating threshold."""
+    """One output of a classifier: its coded finding and operating threshold.
 
-    name: str
+    ``threshold`` is on the activated output (a probability for sigmoid and
+    softmax): the finding is Present when the value is ``>= threshold``.
+    ``report: false`` keeps a class (e.g. softmax "normal") out of the SR.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
     code: CodedConcept
-    threshold: float = Field(gt=0, lt=1, description="Present when probability >= threshold.")
+    threshold: float
+    report: bool = True
 
 
 class WeightsSpec(_Strict):
-    """Where the published weights are and how they are pinned."""
+    """Where the published weights are and how they are pinned.
 
-    url: str
-    filename: str
-    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    format: Literal["torch-pickled-module"] = "torch-pickled-module"
-    license: str
+    ``uri`` is an ``http(s)://`` URL, a ``file://`` URI or a path relative to
+    ``<models_dir>``; null when none is published (demo weights only, or bring
+    your own with ``models import``). A non-null ``sha256`` pins the file: the
+    node refuses any other file, at import and at load.
+    """
+
+    uri: str | None = None
+    filename: str | None = None
+    sha256: str | None = Field(None, pattern=_SHA256)
+    format: WeightsFormat = "torch-pickled-module"
+    license: str = "unknown"
 
 
 class InputSpec(_Strict):
-    """The tensor the model takes."""
+    """The tensor the model takes (one per image; N, the batch axis, is dynamic).
 
-    name: str
-    shape: tuple[int, int, int]  # (C, H, W); N is dynamic
-    dtype: Literal["float32"]
+    ``shape`` leaves N out and follows ``layout``: ``[C, H, W]`` for NCHW,
+    ``[H, W, C]`` for NHWC. ``channels`` names each channel.
+    """
+
+    name: str = Field(min_length=1)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    shape: tuple[int, int, int]
+    dtype: Literal["float32"] = "float32"
     value_range: tuple[float, float]
-    preprocessing: Literal["xrv"]
+    channels: list[str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        if min(self.shape) < 1:
+            raise ValueError(f"input.shape {list(self.shape)} must be positive")
+        low, high = self.value_range
+        if not low < high:
+            raise ValueError(f"input.value_range [{low}, {high}] must have low < high")
+        if len(self.channels) != self.num_channels:
+            raise ValueError(
+                f"input.channels has {len(self.channels)} names but shape {list(self.shape)} "
+                f"({self.layout}) has {self.num_channels} channels"
+            )
+        return self
+
+    @property
+    def num_channels(self) -> int:
+        """Channels C, from ``shape`` and ``layout``."""
+        return self.shape[0] if self.layout == "NCHW" else self.shape[2]
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        """``(H, W)`` in pixels."""
+        return (self.shape[1], self.shape[2]) if self.layout == "NCHW" else self.shape[:2]
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """``(C, H, W)``: the per-image shape preprocessing produces."""
+        height, width = self.spatial
+        return (self.num_channels, height, width)
 
 
 class OutputSpec(_Strict):
-    """The tensor the model gives."""
+    """The tensor the model gives and how its raw values become scores.
 
-    name: str
-    activation: Literal["sigmoid"]
+    Backends return raw outputs (logits); ``activation`` is applied once, in
+    numpy, by :mod:`models.backends`. ``kind`` is ``class_scores`` today
+    (``(N, L)``, one column per label); segmentation will add a mask kind.
+    """
+
+    name: str = Field(min_length=1)
+    kind: Literal["class_scores"] = "class_scores"
+    activation: Activation
 
 
-class Applicability(_Strict):
-    """Which instances the model may be run on (matched case-insensitively)."""
+class Aggregation(_Strict):
+    """How per-image scores become the reported ones.
 
-    modalities: list[str]
-    body_parts: list[str]
-    view_positions: list[str] = Field(default_factory=list, description="Empty: any view.")
-    photometric_interpretations: list[str] = ["MONOCHROME1", "MONOCHROME2"]
+    ``scope``: one result per image, per series or per study; ``reduce``: how
+    images' scores combine within the scope; ``slice_order``: sort a series'
+    slices along the patient axis (Image Position and Orientation) first.
+    """
+
+    scope: Literal["image", "series", "study"] = "image"
+    reduce: Literal["max", "mean"] = "max"
+    slice_order: Literal["patient_axis", "none"] = "none"
+
+
+class RoutingRule(_Strict):
+    """One applicability rule; every non-empty field must match (logical AND).
+
+    Lists match a header value case-insensitively; an empty list accepts any
+    value. ``study_description`` / ``series_description`` are regular
+    expressions searched (``re.search``, IGNORECASE) in the description.
+    ``attributes`` maps further DICOM keywords (e.g. ``FilterType``) to a
+    regular expression searched in the value's text.
+    """
+
+    modalities: list[str] = Field(default_factory=list)
+    body_parts: list[str] = Field(default_factory=list)
+    view_positions: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+    photometric_interpretations: list[str] = Field(default_factory=list)
+    calling_aes: list[str] = Field(default_factory=list)
+    study_description: str | None = None
+    series_description: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("study_description", "series_description")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        from pydicom.datadict import tag_for_keyword
+
+        for keyword, pattern in value.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"attributes: {keyword!r} is not a DICOM keyword")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"attributes.{keyword}: invalid regex {pattern!r}: {exc}") from exc
+        return value
+
+
+class Routing(_Strict):
+    """Applicability: the model runs on an instance when any rule matches it."""
+
+    rules: list[RoutingRule] = Field(min_length=1)
+
+
+class ModelCard(_Strict):
+    """What the model is for and where it falls short (shown by ``models list``)."""
+
+    intended_use: str
+    training_data: str
+    limitations: str
+    subgroup_caveats: str
+    reference: str
+    url: str | None = None
+    output_interpretation: str = ""
 
 
 class Manifest(_Strict):
-    """A model's manifest."""
+    """A model's manifest: one YAML file in ``manifests/`` (schema in the module docstring).
+
+    Raises
+    ------
+    pydantic.ValidationError
+        From :meth:`model_validate`; :func:`load_manifest` turns it into
+        :class:`~dicom_node.core.errors.ManifestError`.
+    """
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     name: str = Field(max_length=64)
     version: str = Field(max_length=16)
-    architecture: Literal["densenet121"]
-    upstream: str
-    reference: str
+    task: Literal["classification"] = "classification"
+    architecture: str | None
+    architecture_params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     weights: WeightsSpec
     input: InputSpec
+    preprocessing: list[dict[str, Any]] = Field(min_length=1)
     output: OutputSpec
-    applicability: Applicability
-    labels: list[Label]
+    aggregation: Aggregation = Aggregation()
+    labels: list[Label] = Field(min_length=1)
+    routing: Routing
+    model_card: ModelCard
+    upstream: str
+    reference: str
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _steps(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, step in enumerate(steps):
+            if not isinstance(step.get("step"), str):
+                raise ValueError(f"preprocessing[{i}] has no 'step' key")
+        validate = _preprocessing_validator()
+        if validate is not None:
+            validate(steps)
+        return steps
 
     @model_validator(mode="after")
-    def _unique_labels(self) -> Manifest:
+    def _consistent(self) -> Manifest:
+        if self.architecture is None and self.weights.format != "onnx":
+            raise ValueError("architecture is null, so weights.format must be 'onnx'")
         names = [label.name for label in self.labels]
         if len(set(names)) != len(names):
-            raise ValueError("label names must be unique")
+            raise ValueError(f"label names must be unique: {names}")
+        if self.output.activation == "softmax" and len(self.labels) < 2:
+            raise ValueError("a softmax output needs one label per class (at least 2)")
+        if self.output.activation != "none":
+            for label in self.labels:
+                if not 0.0 < label.threshold < 1.0:
+                    raise ValueError(
+                        f"label {label.name}: threshold {label.threshold} must be in (0, 1) "
+                        f"for a {self.output.activation} output"
+                    )
+        if not any(label.report for label in self.labels):
+            raise ValueError("at least one label must have report: true")
         return self
 
     @property
     def label_names(self) -> list[str]:
-        """Label names in output order."""
+        """Label names in output order (column ``j`` of the scores is ``labels[j]``)."""
         return [label.name for label in self.labels]
 
-    def applies_to(self, ds: Any) -> tuple[bool, str]:
-        """Tell whether this model may run on an instance.
+    @property
+    def weights_pinned(self) -> bool:
+        """True when the manifest pins a sha256 for its weights."""
+        return self.weights.sha256 is not None
 
-        Parameters
-        ----------
-        ds : pydicom.Dataset
-            The instance's header (pixel data not needed).
 
-        Returns
-        -------
-        (bool, str)
-            Whether it applies, and why not (empty when it does).
-        """
-        spec = self.applicability
+def _preprocessing_validator() -> Any:
+    """``models.preprocessing.validate_steps`` if that helper exists yet, else None."""
+    try:
+        from models import preprocessing
+    except ImportError:  # pragma: no cover - the package always exists
+        return None
+    return getattr(preprocessing, "validate_steps", None)
 
-        def value(keyword: str) -> str:
-            return str(ds.get(keyword, "") or "").strip().upper()
 
-        checks = [
-            ("Modality", spec.modalities),
-            ("BodyPartExamined", spec.body_parts),
-            ("PhotometricInterpretation", spec.photometric_interpretations),
-        ]
-        if spec.view_positions:
-            checks.append(("ViewPosition", spec.view_positions))
-        for keyword, allowed in checks:
-            if value(keyword) not in {a.upper() for a in allowed}:
-                return False, f"{keyword} {value(keyword) or '(none)'} not in {allowed}"
-        return True, ""
+def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
+    """Validate already-parsed manifest data.
+
+    Parameters
+    ----------
+    data : object
+        The YAML document (a mapping).
+    source : str
+        Name used in error texts (a file name).
+
+    Raises
+    ------
+    ManifestError
+        Naming each invalid field and why.
+    """
+    if not isinstance(data, dict):
+        raise ManifestError(f"invalid manifest {source}: expected a mapping, got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ManifestError(f"invalid manifest {source}: {problems}") from exc
+    except ValueError as exc:  # a preprocessing validator raising outside pydantic's wrapping
+        raise ManifestError(f"invalid manifest {source}: {exc}") from exc
 
 
 def load_manifest(path: Path) -> Manifest:
     """Load and validate one manifest file.
 
+    Parameters
+    ----------
+    path : Path
+        A ``.yaml`` file.
+
+    Returns
+    -------
+    Manifest
+
     Raises
     ------
     ManifestError
-        If the file is missing, not YAML, or does not validate.
+        If the file is missing, not YAML, or does not validate (the text names
+        the file, each invalid field and the reason).
     """
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return Manifest.model_validate(data)
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ManifestError(f"invalid manifest {path.name}: {exc}") from exc
-
-
-class ModelRegistry:
-    """The manifests known to this node, by id.
-
-    Parameters
-    ----------
-    manifests : iterable of Manifest
-        Manifests to hold.
-    """
-
-    def __init__(self, manifests: Iterable[Manifest]) -> None:
-        self._by_id: dict[str, Manifest] = {}
-        for manifest in manifests:
-            if manifest.id in self._by_id:
-                raise ManifestError(f"duplicate model id {manifest.id}")
-            self._by_id[manifest.id] = manifest
-
-    @classmethod
-    def from_directory(cls, directory: Path = MANIFEST_DIR) -> ModelRegistry:
-        """Load every ``*.yaml`` manifest of a directory."""
-        return cls(load_manifest(p) for p in sorted(directory.glob("*.yaml")))
-
-    def get(self, model_id: str) -> Manifest:
-        """Return a manifest by id.
-
-        Raises
-        ------
-        ManifestError
-            If no manifest has that id.
-        """
-        try:
-            return self._by_id[model_id]
-        except KeyError:
-            raise ManifestError(
-                f"unknown model {model_id!r}; known: {sorted(self._by_id)}"
-            ) from None
-
-    def ids(self) -> list[str]:
-        """Known model ids."""
-        return sorted(self._by_id)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"invalid manifest {path.name}: not YAML: {exc}") from exc
+    return parse_manifest(data, path.name)

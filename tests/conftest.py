@@ -16,9 +16,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from dicom_node.app.samples import MixedStudy, mixed_study  # noqa: F401 (shared by tests)
 from dicom_node.app.supervisor import redis_server_binary
-from models.manifest import Manifest, ModelRegistry
-from models.weights.store.store import WeightsInfo, resolve_weights
+from models.manifest import Manifest
+from models.registry import ModelRegistry
+from models.weights import WeightsInfo, resolve_weights
 
 MODEL_ID = "xrv-densenet121-res224-all"
 
@@ -59,7 +61,7 @@ def _no_node_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def manifest() -> Manifest:
-    return ModelRegistry.from_directory().get(MODEL_ID)
+    return ModelRegistry.load(None).get(MODEL_ID)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_models_import_of_a_non_checkpoint(
     monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert main(["models", "import", str(junk)]) == 2
+    assert main(["models", "import", "xrv-densenet121-res224-all", str(junk)]) == 2
     assert "not a readable torch checkpoint" in capsys.readouterr().err
 
 
@@ -62,3 +63,46 @@ def test_status_lists_studies(
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     assert "1.2.3 " in out and "receiving" in out
+
+
+def test_models_of_an_unknown_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "verify", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def _old_ledger(directory: Path) -> None:
+    """The ledger a 0.1.0 node wrote (tests/data/ledger-0.1.0.sql)."""
+    import sqlite3
+
+    dump = Path(__file__).parent / "data" / "ledger-0.1.0.sql"
+    with sqlite3.connect(directory / "ledger.sqlite") as db:
+        db.executescript(dump.read_text())
+
+
+def test_status_of_an_old_ledger_says_how_to_upgrade_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
+    _old_ledger(tmp_path)
+    assert main(["status"]) == 2
+    assert "dicom-node ledger upgrade" in capsys.readouterr().err
+    assert main(["ledger", "upgrade"]) == 0
+    assert "0001 -> 0002" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    studies = {s["study_uid"]: s for s in json.loads(capsys.readouterr().out)}
+    assert len(studies) == 5
+    (analysis,) = studies["1.2.826.0.1.3680043.8.498.1"]["analyses"]
+    assert analysis["reports"][0]["deliveries"][0]["state"] == "delivered"
+
+
+def test_route_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    files = [get_testdata_file(n) for n in ("RG1_UNCR.dcm", "RG3_UNCR.dcm", "MR_small.dcm")]
+    assert main(["route", *map(str, files), str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RUN  xrv-densenet121-res224-all" in out
+    assert "RUN  mura-densenet169-abnormality" in out
+    assert "SKIP" in out and "notes.txt" in out
+    assert main(["route", str(tmp_path / "missing.dcm")]) == 2

@@ -12,19 +12,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from tests.conftest import (
     dciodvfy_errors,
     dcmtk_env,
     free_port,
+    mixed_study,
     require_tool,
     wait_for,
-    with_new_uids,
 )
 from workers.outputs.tid1500 import read_findings
 
 pytestmark = pytest.mark.e2e
+
+CHEST, ICH, BONE = (
+    "xrv-densenet121-res224-all",
+    "ich-headct-densenet121-rsna2019",
+    "mura-densenet169-abnormality",
+)
 
 
 def start_pacs(port: int, out: Path) -> subprocess.Popen[bytes]:
@@ -86,23 +92,16 @@ def start_node(
     return proc, {**env, "port": str(port), "log": str(log)}
 
 
-def stop_node(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
-    proc.send_signal(signal.SIGINT)  # as Ctrl-C
+def stop_node(proc: subprocess.Popen[bytes], env: dict[str, str]) -> str:
+    """Ctrl-C the node; return its log."""
+    proc.send_signal(signal.SIGINT)
     assert proc.wait(120) == 0
     text = Path(env["log"]).read_text(errors="replace")
     assert "celery-worker stopped" in text and "redis-server stopped" in text
+    return text
 
 
-@pytest.fixture()
-def node(
-    tmp_path: Path, pacs: tuple[int, Path], models_dir: Path, demo_weights: object
-) -> Iterator[dict[str, str]]:
-    proc, env = start_node(tmp_path, pacs[0], models_dir)
-    yield env
-    stop_node(proc, env)
-
-
-def _push(port: str, *files: Path) -> None:
+def push(port: str, *files: Path) -> None:
     out = subprocess.run(
         [
             require_tool("storescu"),
@@ -123,7 +122,7 @@ def _push(port: str, *files: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def _status(env: dict[str, str]) -> dict[str, dict[str, object]]:
+def status(env: dict[str, str]) -> dict[str, dict[str, object]]:
     out = subprocess.run(
         [sys.executable, "-m", "dicom_node.app.cli", "status", "--json"],
         env=env,
@@ -134,76 +133,115 @@ def _status(env: dict[str, str]) -> dict[str, dict[str, object]]:
     return {s["study_uid"]: s for s in json.loads(out.stdout)}
 
 
-def test_chest_xrays_come_back_as_srs_and_ct_does_not(
-    node: dict[str, str],
-    pacs: tuple[int, Path],
-    tmp_path: Path,
-    cr_path: Path,
-    cr_j2k_path: Path,
-    ct_path: Path,
-) -> None:
-    j2k = with_new_uids(cr_j2k_path, tmp_path / "j2k.dcm")  # a second, compressed study
-    _push(node["port"], cr_path, j2k, ct_path)
-    sources = {
-        dcmread(p, stop_before_pixels=True).StudyInstanceUID: dcmread(p, stop_before_pixels=True)
-        for p in (cr_path, j2k)
-    }
-    ct_study = dcmread(ct_path, stop_before_pixels=True).StudyInstanceUID
+def analyses(view: dict[str, object]) -> dict[str, dict[str, object]]:
+    return {str(a["model_id"]): a for a in view["analyses"]}  # type: ignore[union-attr]
 
-    srs = wait_for(lambda: (f := sorted(pacs[1].iterdir())) and len(f) >= 2 and f, 180, "two SRs")
-    states = wait_for(
-        lambda: (
-            (s := _status(node))
-            and s.get(ct_study, {}).get("state") == "not_applicable"
-            and all(s.get(u, {}).get("state") == "delivered" for u in sources)
-            and s
-        ),
-        60,
-        "final states",
+
+def all_delivered(view: dict[str, object], count: int) -> bool:
+    found = list(analyses(view).values())
+    return (
+        len(found) == count
+        and all(
+            d["state"] == "delivered"
+            for a in found
+            for r in a["reports"]  # type: ignore[attr-defined]
+            for d in r["deliveries"]
+        )
+        and all(a["reports"] for a in found)
     )
-    assert len(list(pacs[1].iterdir())) == 2  # exactly one SR per chest study, none for CT
-    for path in srs:
+
+
+def referenced(sr: Dataset) -> set[str]:
+    return {
+        str(sop.ReferencedSOPInstanceUID)
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+
+
+@pytest.fixture()
+def node(tmp_path: Path, pacs: tuple[int, Path], models_dir: Path) -> Iterator[dict[str, str]]:
+    proc, env = start_node(tmp_path, pacs[0], models_dir)
+    yield env
+    env["final_log"] = stop_node(proc, env)
+
+
+def test_one_study_three_models_three_srs(
+    node: dict[str, str], pacs: tuple[int, Path], tmp_path: Path, ct_path: Path
+) -> None:
+    """A chest CR, a head CT series and a tibia CR in one study: one SR per model."""
+    study = mixed_study(tmp_path / "study", ct_slices=4)
+    push(node["port"], *study.files, ct_path)  # CT_small: a CT of no head, no model applies
+    ct_study = str(dcmread(ct_path, stop_before_pixels=True).StudyInstanceUID)
+
+    srs = wait_for(lambda: (f := sorted(pacs[1].iterdir())) and len(f) >= 3 and f, 240, "3 SRs")
+    view = wait_for(
+        lambda: (
+            (s := status(node))
+            and s.get(ct_study, {}).get("state") == "not_applicable"
+            and all_delivered(s.get(study.study_uid, {"analyses": []}), 3)
+            and s[study.study_uid]
+        ),
+        90,
+        "every analysis delivered",
+    )
+    assert len(list(pacs[1].iterdir())) == 3  # exactly one SR per model, none for CT_small
+    by_model = analyses(view)
+    assert set(by_model) == {CHEST, ICH, BONE}
+    by_uid = {dcmread(p).SOPInstanceUID: p for p in srs}
+    for model_id, expected in ((CHEST, study.chest), (ICH, study.ct), (BONE, study.bone)):
+        analysis = by_model[model_id]
+        assert analysis["state"] == "reported" and analysis["weights_kind"] == "untrained-demo"
+        (report,) = analysis["reports"]  # type: ignore[misc]
+        path = by_uid[report["sop_instance_uid"]]
         sr = dcmread(path)
-        source = sources[sr.StudyInstanceUID]
-        ref = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-        assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-        assert len(read_findings(sr)) == 18
-        assert dciodvfy_errors(path) == []
-        assert states[sr.StudyInstanceUID]["report_uid"] == sr.SOPInstanceUID
-        assert states[sr.StudyInstanceUID]["weights_kind"] == "untrained-demo"
-    assert states[ct_study]["reason"] == "no applicable model"
+        assert sr.StudyInstanceUID == study.study_uid
+        assert referenced(sr) == set(expected), model_id  # each SR references its own images
+        assert "UNTRAINED" in sr.SeriesDescription
+        assert read_findings(sr)
+        assert dciodvfy_errors(path) == [], model_id
+    assert status(node)[ct_study]["reason"] == "no applicable model"
     log = Path(node["log"]).read_text(errors="replace")
     assert "UNTRAINED DEMO WEIGHTS" in log
-    for source in sources.values():  # no PHI in logs
-        assert str(source.PatientName) not in log and str(source.PatientID) not in log
+    assert study.patient_name not in log and study.patient_id not in log  # no PHI in logs
+    errors = [line for line in log.splitlines() if " ERROR " in line or "ERROR/" in line]
+    assert errors == []  # a healthy start and run log no ERROR
 
 
 def test_pacs_outage_delays_delivery_until_it_returns(
-    tmp_path: Path, models_dir: Path, demo_weights: object, cr_path: Path
+    tmp_path: Path, models_dir: Path, cr_path: Path
 ) -> None:
     pacs_port, received = free_port(), tmp_path / "pacs"
     proc, env = start_node(
         tmp_path,
         pacs_port,
         models_dir,
+        DICOM_NODE_MODELS=CHEST,
         DICOM_NODE_DELIVERY_RETRY_BASE_SECONDS="0.5",
         DICOM_NODE_DELIVERY_RETRY_MAX_SECONDS="2",
     )
     pacs = None
     try:
-        _push(env["port"], cr_path)
+        push(env["port"], cr_path)
         study = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
 
-        def pending() -> bool:
-            s = _status(env).get(study, {})
-            return s.get("state") == "reported" and int(s.get("delivery_attempts") or 0) >= 2
+        def delivery() -> dict[str, object]:
+            (analysis,) = analyses(status(env).get(study, {"analyses": []})).values() or [{}]
+            reports = analysis.get("reports") or [{"deliveries": [{}]}]
+            return reports[0]["deliveries"][0]  # type: ignore[index,no-any-return]
 
-        wait_for(pending, 120, "failed delivery attempts while the PACS is down", interval=0.5)
-        assert "delivery pending" in str(_status(env)[study]["reason"])
+        wait_for(
+            lambda: delivery().get("state") == "retrying" and int(delivery()["attempts"]) >= 2,
+            120,
+            "failed delivery attempts while the PACS is down",
+            interval=0.5,
+        )
+        assert "not established" in str(delivery()["last_error"])
         pacs = start_pacs(pacs_port, received)
-        wait_for(lambda: _status(env)[study]["state"] == "delivered", 60, "delivery", interval=0.5)
+        wait_for(lambda: delivery()["state"] == "delivered", 60, "delivery", interval=0.5)
         (sr_file,) = list(received.iterdir())
-        assert dcmread(sr_file).SOPInstanceUID == _status(env)[study]["report_uid"]
+        (analysis,) = analyses(status(env)[study]).values()
+        assert dcmread(sr_file).SOPInstanceUID == analysis["reports"][0]["sop_instance_uid"]  # type: ignore[index]
     finally:
         stop_node(proc, env)
         if pacs is not None:

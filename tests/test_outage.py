@@ -8,12 +8,12 @@ import redis
 from pydicom import dcmread
 
 from dicom_node.core import dimse
-from dicom_node.core.settings import Settings
+from dicom_node.core.contract import ROUTE_QUEUE
 from dicom_node.core.ledger import StudyState
+from dicom_node.core.settings import Settings
 from dicom_node.ingest.scp import StoreSCP
 from tests.conftest import free_port, start_redis, wait_for
 from tests.test_scp import _scu_store
-from dicom_node.core.contract import model_queue
 
 
 def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Path) -> None:
@@ -33,20 +33,24 @@ def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Pa
         study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
 
         def waiting() -> bool:
-            study = scp.ledger.get(study_uid)
-            return bool(study and study.reason and "waiting for broker" in study.reason)
+            view = scp.ledger.get(study_uid)
+            return bool(view and view.study.reason and "waiting for broker" in view.study.reason)
 
         wait_for(waiting, 30, "the enqueue to fail while Redis is down")
-        study = scp.ledger.get(study_uid)
-        assert study is not None and study.state is StudyState.RECEIVING
+        view = scp.ledger.get(study_uid)
+        assert view is not None and view.study.state is StudyState.RECEIVING
 
         server = start_redis(redis_port, tmp_path)
         wait_for(
-            lambda: (s := scp.ledger.get(study_uid)) and s.state is StudyState.QUEUED and s.task_id,
+            lambda: (
+                (v := scp.ledger.get(study_uid))
+                and v.study.state is StudyState.QUEUED
+                and v.study.task_id
+            ),
             60,
             "the study to be enqueued after Redis came back",
         )
-        queued = redis.Redis(port=redis_port).llen(model_queue(settings.model_id))
+        queued = redis.Redis(port=redis_port).llen(ROUTE_QUEUE)
         assert queued == 1
     finally:
         scp.stop()

@@ -1,8 +1,8 @@
 """The SCP over real loopback associations, with dcmtk peers and pynetdicom SCUs.
 
-The Celery publisher is replaced by ``RecordingSender`` (a FAKE: it records the
-tasks the SCP would publish) so these tests isolate the listener; test_e2e
-runs the real broker and worker.
+The Celery publisher is replaced by ``RecordingPublisher`` (a FAKE: it records
+the tasks the SCP would publish) so these tests isolate the listener;
+test_outage uses the real publisher and Redis, test_e2e the whole chain.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
 from dicom_node.core import dimse
-from dicom_node.core.settings import Settings
+from dicom_node.core.contract import RouteStudy
 from dicom_node.core.errors import EnqueueError
 from dicom_node.core.ledger import StudyState
+from dicom_node.core.settings import Settings
 from dicom_node.ingest.scp import StoreSCP
 from tests.conftest import dcmtk_env, disk_full, free_port, require_tool, wait_for
 
@@ -30,27 +31,27 @@ CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"
 
 
 @dataclass
-class RecordingSender:
-    """FAKE Celery publisher: records (study_uid, generation, paths, task_id)."""
+class RecordingPublisher:
+    """FAKE Celery publisher: records the route_study payloads the SCP publishes."""
 
-    sent: list[tuple[str, int, list[str], str]] = field(default_factory=list)
+    sent: list[RouteStudy] = field(default_factory=list)
     down: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __call__(self, study_uid: str, generation: int, paths: list[str], task_id: str) -> None:
+    def __call__(self, payload: RouteStudy) -> None:
         if self.down:
             raise EnqueueError("broker down (fake)")
         with self.lock:
-            self.sent.append((study_uid, generation, paths, task_id))
+            self.sent.append(payload)
 
 
 @pytest.fixture()
-def node(tmp_path: Path) -> Iterator[tuple[StoreSCP, RecordingSender]]:
+def node(tmp_path: Path) -> Iterator[tuple[StoreSCP, RecordingPublisher]]:
     settings = Settings(
         data_dir=tmp_path, host="127.0.0.1", port=free_port(), study_quiet_seconds=0.5
     )
-    sender = RecordingSender()
-    scp = StoreSCP(settings, send=sender)
+    sender = RecordingPublisher()
+    scp = StoreSCP(settings, publish=sender)
     scp.start()
     yield scp, sender
     scp.stop()
@@ -67,7 +68,7 @@ def _scu_store(port: int, ds, sop_class: str = CR_CLASS) -> int:  # type: ignore
         assoc.release()
 
 
-def test_echoscu(node: tuple[StoreSCP, RecordingSender]) -> None:
+def test_echoscu(node: tuple[StoreSCP, RecordingPublisher]) -> None:
     scp, _ = node
     out = subprocess.run(
         [require_tool("echoscu"), "-aec", "DICOM_NODE", "127.0.0.1", str(scp.port)],
@@ -80,7 +81,7 @@ def test_echoscu(node: tuple[StoreSCP, RecordingSender]) -> None:
 
 
 def test_storescu_study_is_durable_and_enqueued_once(
-    node: tuple[StoreSCP, RecordingSender], cr_path: Path, cr_j2k_path: Path
+    node: tuple[StoreSCP, RecordingPublisher], cr_path: Path, cr_j2k_path: Path
 ) -> None:
     scp, sender = node
     out = subprocess.run(
@@ -109,17 +110,19 @@ def test_storescu_study_is_durable_and_enqueued_once(
     j2k = dcmread(scp.spool.path_for(source.StudyInstanceUID, dcmread(cr_j2k_path).SOPInstanceUID))
     assert j2k.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
     wait_for(lambda: sender.sent, 10, "the study's task")
-    study = scp.ledger.get(source.StudyInstanceUID)
-    assert study is not None and study.state is StudyState.QUEUED
-    assert study.calling_ae == "MODALITY1" and study.instance_count == 2
+    view = scp.ledger.get(source.StudyInstanceUID)
+    assert view is not None and view.study.state is StudyState.QUEUED
+    assert view.study.calling_ae == "MODALITY1" and view.study.instance_count == 2
     assert len(sender.sent) == 1
-    study_uid, generation, paths, _ = sender.sent[0]
-    assert (study_uid, generation) == (source.StudyInstanceUID, 1)
-    assert sorted(paths) == [str(p) for p in stored]
+    payload = sender.sent[0]
+    assert (payload.study_uid, payload.generation) == (source.StudyInstanceUID, 1)
+    assert payload.calling_ae == "MODALITY1"
+    assert sorted(payload.paths) == [str(p) for p in stored]
+    assert view.study.task_id == payload.task_id
 
 
 def test_missing_study_uid_is_cannot_understand(
-    node: tuple[StoreSCP, RecordingSender], cr_path: Path
+    node: tuple[StoreSCP, RecordingPublisher], cr_path: Path
 ) -> None:
     scp, sender = node
     ds = dcmread(cr_path)
@@ -130,7 +133,7 @@ def test_missing_study_uid_is_cannot_understand(
 
 
 def test_sop_class_mismatch(
-    node: tuple[StoreSCP, RecordingSender],
+    node: tuple[StoreSCP, RecordingPublisher],
     cr_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -153,7 +156,7 @@ def test_sop_class_mismatch(
 
 
 def test_disk_full_answers_out_of_resources(
-    node: tuple[StoreSCP, RecordingSender], cr_path: Path, monkeypatch: pytest.MonkeyPatch
+    node: tuple[StoreSCP, RecordingPublisher], cr_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scp, _ = node
 
@@ -164,15 +167,15 @@ def test_disk_full_answers_out_of_resources(
 
 
 def test_broker_down_delays_but_keeps_the_study(
-    node: tuple[StoreSCP, RecordingSender], cr_path: Path
+    node: tuple[StoreSCP, RecordingPublisher], cr_path: Path
 ) -> None:
     scp, sender = node
     sender.down = True
     assert _scu_store(scp.port, dcmread(cr_path)) == dimse.SUCCESS
     study_uid = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
-    wait_for(lambda: (s := scp.ledger.get(study_uid)) and s.reason, 10, "a failed enqueue")
-    study = scp.ledger.get(study_uid)
-    assert study is not None and study.state is StudyState.RECEIVING
+    wait_for(lambda: (s := scp.ledger.get(study_uid)) and s.study.reason, 10, "a failed enqueue")
+    view = scp.ledger.get(study_uid)
+    assert view is not None and view.study.state is StudyState.RECEIVING
     sender.down = False
     wait_for(lambda: sender.sent, 10, "the enqueue after the broker came back")
-    assert [s[0] for s in sender.sent] == [study_uid]
+    assert [s.study_uid for s in sender.sent] == [study_uid]

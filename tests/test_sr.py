@@ -1,45 +1,535 @@
+"""The TID 1500 report writer (workers.outputs) on real pydicom-data images.
+
+Manifests and weights are small stand-ins (FAKE) with the fields INTERFACES.md
+names, so these tests do not depend on the models package's schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from pydicom import dcmread
+import numpy as np
+import numpy.typing as npt
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.tag import Tag
 
-from models.manifest import Manifest
-from models.backends.runtime import load_model
-from models.weights.store.store import WeightsInfo
+from dicom_node.core.errors import ReportError
+from dicom_node.core.uids import derived_uid
 from tests.conftest import dciodvfy_errors
-from workers.pipeline.run.run import analyze
-from workers.outputs.tid1500 import read_findings
+from workers.outputs import PROFILES, build, build_report, builder
+from workers.outputs.findings import Finding, ReportInput
+from workers.outputs.tid1500 import build_tid1500, read_findings
+from workers.outputs.warmup import warm_up_sr
+
+SHA = "ab" * 32
 
 
-def test_chest_cr_gives_a_valid_tid1500_sr(
-    manifest: Manifest, demo_weights: WeightsInfo, models_dir: Path, cr_path: Path, tmp_path: Path
-) -> None:
-    model = load_model(manifest, demo_weights, models_dir)
-    source = dcmread(cr_path, stop_before_pixels=True)
-    result = analyze(source.StudyInstanceUID, 1, [str(cr_path)], manifest, lambda: model)
-    assert result.report is not None
-    sr = result.report
+@dataclass(frozen=True)
+class FakeCode:
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class FakeLabel:
+    name: str
+    code: FakeCode
+    threshold: float = 0.5
+    report: bool = True
+
+
+@dataclass(frozen=True)
+class FakeAggregation:
+    scope: str = "study"
+    reduce: str = "max"
+
+
+@dataclass(frozen=True)
+class FakeCard:
+    intended_use: str = "Research triage of adult chest radiographs. " * 10
+    training_data: str = "Public chest X-ray data sets."
+    limitations: str = "Not validated."
+    subgroup_caveats: str = "Children not represented."
+    reference: str = "Cohen JP et al. MIDL 2022"
+    url: str | None = "https://example.org/model-card"
+
+
+@dataclass(frozen=True)
+class FakeManifest:
+    id: str
+    name: str
+    version: str
+    labels: Sequence[FakeLabel]
+    aggregation: FakeAggregation = field(default_factory=FakeAggregation)
+    model_card: FakeCard | None = field(default_factory=FakeCard)
+
+
+@dataclass(frozen=True)
+class FakeWeights:
+    model_id: str
+    kind: str = "untrained-demo"
+    sha256: str = SHA
+
+
+CHEST_CODES = [
+    ("Atelectasis", "XRV-ATELECT", "99DCMNODE", "Atelectasis"),
+    ("Consolidation", "XRV-CONSOL", "99DCMNODE", "Consolidation"),
+    ("Infiltration", "XRV-INFILTR", "99DCMNODE", "Infiltration"),
+    ("Pneumothorax", "36118008", "SCT", "Pneumothorax"),
+    ("Edema", "XRV-EDEMA", "99DCMNODE", "Edema"),
+    ("Emphysema", "XRV-EMPHYS", "99DCMNODE", "Emphysema"),
+    ("Fibrosis", "XRV-FIBROSIS", "99DCMNODE", "Fibrosis"),
+    ("Effusion", "60046008", "SCT", "Pleural effusion"),
+    ("Pneumonia", "XRV-PNEUMONIA", "99DCMNODE", "Pneumonia"),
+    ("Pleural_Thickening", "XRV-PLTHICK", "99DCMNODE", "Pleural thickening"),
+    ("Cardiomegaly", "287272002", "SCT", "Cardiomegaly"),
+    ("Nodule", "XRV-NODULE", "99DCMNODE", "Nodule"),
+    ("Mass", "XRV-MASS", "99DCMNODE", "Mass"),
+    ("Hernia", "XRV-HERNIA", "99DCMNODE", "Hernia"),
+    ("Lung Lesion", "XRV-LUNGLES", "99DCMNODE", "Lung lesion"),
+    ("Fracture", "XRV-FRACTURE", "99DCMNODE", "Fracture"),
+    ("Lung Opacity", "XRV-LUNGOPAC", "99DCMNODE", "Lung opacity"),
+    ("Enlarged Cardiomediastinum", "XRV-ENLCM", "99DCMNODE", "Enlarged cardiomediastinum"),
+]
+FAKE = FakeManifest(
+    id="fake-chest",
+    name="Fake chest classifier",
+    version="1.0",
+    labels=[
+        FakeLabel(n, FakeCode(v, s, m), threshold=0.05 * (i + 1))
+        for i, (n, v, s, m) in enumerate(CHEST_CODES)
+    ],
+)
+HEAD = FakeManifest(
+    id="fake-head-ct",
+    name="Fake head CT hemorrhage classifier",
+    version="2.1",
+    labels=[
+        FakeLabel("hemorrhage", FakeCode("50960005", "SCT", "Hemorrhage"), 0.4),
+        FakeLabel("fracture", FakeCode("72704001", "SCT", "Fracture"), 0.3),
+        FakeLabel("normal", FakeCode("17621005", "SCT", "Normal"), 0.5, report=False),
+    ],
+    aggregation=FakeAggregation(scope="series"),
+)
+BONE = FakeManifest(
+    id="fake-bone",
+    name="Fake bone age",
+    version="0.3",
+    labels=[FakeLabel("lesion", FakeCode("52988006", "SCT", "Lesion"), 0.5)],
+    aggregation=FakeAggregation(scope="study", reduce="mean"),
+    model_card=None,
+)
+
+
+def header(name: str) -> Dataset:
+    return dcmread(str(get_testdata_file(name)), stop_before_pixels=True)
+
+
+def save(sr: Dataset, path: Path) -> Path:
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def items(node: Dataset) -> Iterator[Dataset]:
+    """Every content item below ``node``, depth first."""
+    for item in node.get("ContentSequence", []):
+        yield item
+        yield from items(item)
+
+
+def concept(item: Dataset) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeValue)
+
+
+def library_images(sr: Dataset) -> list[str]:
+    (library,) = [i for i in sr.ContentSequence if concept(i) == "111028"]
+    return [
+        str(i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for i in items(library)
+        if i.ValueType == "IMAGE"
+    ]
+
+
+def algorithm_texts(sr: Dataset) -> dict[str, list[str]]:
+    texts: dict[str, list[str]] = {}
+    for item in items(sr):
+        if item.ValueType == "TEXT" and concept(item) in ("111001", "111002", "111003"):
+            texts.setdefault(concept(item), []).append(str(item.TextValue))
+    return texts
+
+
+def ct_series(count: int, series_uid: str, number: int) -> list[Dataset]:
+    """``count`` slices made from the head CT slice: new SOP UIDs, z shifted 5 mm each."""
+    base = header("693_UNCR.dcm")
+    slices = []
+    for k in range(count):
+        ds = deepcopy(base)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = number
+        ds.SOPInstanceUID = derived_uid("test-ct", series_uid, str(k))
+        ds.InstanceNumber = k + 1
+        x, y, z = (float(v) for v in base.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 5 * k]
+        ds.FrameOfReferenceUID = derived_uid("test-ct-for", series_uid)
+        other = Dataset()
+        other.PatientID = "OTHER-CT-1"
+        other.TypeOfPatientID = "TEXT"
+        ds.OtherPatientIDsSequence = [other]
+        slices.append(ds)
+    return slices
+
+
+def chest_input(scope: str = "study", kind: str = "untrained-demo") -> ReportInput:
+    source = header("RG1_UNCR.dcm")
+    manifest = replace(FAKE, aggregation=FakeAggregation(scope=scope))
+    key = source.SOPInstanceUID if scope == "image" else None
+    findings = [
+        Finding(label, 0.05 * (i + 1), (source,), key) for i, label in enumerate(manifest.labels)
+    ]
+    findings[0] = replace(findings[0], probability=0.01)  # Absent
+    return ReportInput(
+        study_uid=source.StudyInstanceUID,
+        generation=1,
+        manifest=manifest,
+        weights=FakeWeights(manifest.id, kind),
+        backend="onnxruntime",
+        findings=findings,
+        evidence=[source],
+    )
+
+
+@pytest.mark.parametrize("scope", ["study", "image"])
+def test_chest_cr_max_gives_a_valid_sr(scope: str, tmp_path: Path) -> None:
+    inp = chest_input(scope)
+    source = inp.evidence[0]
+    sr = build_tid1500(inp)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-    assert (sr.StudyInstanceUID, sr.PatientID) == (source.StudyInstanceUID, source.PatientID)
+    assert (sr.StudyInstanceUID, sr.PatientID, sr.PatientName) == (
+        source.StudyInstanceUID,
+        source.PatientID,
+        source.PatientName,
+    )
+    assert sr.OtherPatientIDs == source.OtherPatientIDs == "26210"
+    assert sr.StudyDescription == "THORAX" and sr.AccessionNumber == source.AccessionNumber
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert library_images(sr) == [source.SOPInstanceUID]
+    # The CR has no frame of reference and a zero Pixel Spacing: those descriptors are left out.
+    descriptors = {concept(i) for i in items(sr) if i.RelationshipType == "HAS ACQ CONTEXT"}
+    assert {"121139", "110910", "110911", "111044", "111043"} <= descriptors
+    assert not {"112227", "111026", "111066"} & descriptors
     findings = read_findings(sr)
-    assert [f.finding for f in findings] == [label.code.meaning for label in manifest.labels]
-    for finding, label in zip(result.findings, manifest.labels, strict=True):
-        expected = "Present" if finding.probability >= label.threshold else "Absent"
-        assert expected == ("Present" if finding.present else "Absent")
-    assert "UNTRAINED" in sr.SeriesDescription
-    path = tmp_path / "sr.dcm"
-    sr.save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
-    # Deterministic UIDs: the same study and generation give the same SR instance.
-    again = analyze(source.StudyInstanceUID, 1, [str(cr_path)], manifest, lambda: model)
-    assert again.report is not None and again.report.SOPInstanceUID == sr.SOPInstanceUID
-    assert dcmread(path).SOPInstanceUID == sr.SOPInstanceUID
+    assert [f.finding for f in findings] == [label.code.meaning for label in FAKE.labels]
+    assert [f.code for f in findings] == [label.code.value for label in FAKE.labels]
+    for reported, finding in zip(findings, inp.findings, strict=True):
+        assert reported.probability == pytest.approx(finding.probability)
+        assert reported.evaluation == ("Present" if finding.present else "Absent")
+        assert reported.sources == (source.SOPInstanceUID,)
+        assert reported.series == (source.SeriesInstanceUID,)
+    assert findings[0].evaluation == "Absent" and findings[1].evaluation == "Present"  # p == t
+    suffix = f" (image {source.InstanceNumber})" if scope == "image" else ""
+    assert findings[3].identifier == "Pneumothorax" + suffix
+    assert {s.CodingSchemeDesignator for s in sr.CodingSchemeIdentificationSequence} == {
+        "99DCMNODE"
+    }
+    assert dciodvfy_errors(save(sr, tmp_path / "sr.dcm")) == []
 
 
-def test_ct_is_not_applicable(manifest: Manifest, ct_path: Path) -> None:
-    def no_model():  # type: ignore[no-untyped-def]
-        raise AssertionError("the model must not load for a CT study")
+def test_algorithm_identification_names_backend_weights_and_model_card() -> None:
+    sr = build_tid1500(chest_input())
+    texts = algorithm_texts(sr)
+    parameters = texts["111002"]
+    assert f"weights sha256 {SHA}" in parameters
+    assert "backend onnxruntime" in parameters and "weights kind untrained-demo" in parameters
+    assert "model card https://example.org/model-card" in parameters
+    assert "reference Cohen JP et al. MIDL 2022" in parameters
+    intended = [p for p in parameters if p.startswith("intended use ")]
+    assert intended and len(intended[0]) <= len("intended use ") + 200
+    assert set(texts["111003"]) == {"1.0"}  # version, in every group
 
-    result = analyze("1.2.3", 1, [str(ct_path)], manifest, no_model)
-    assert result.report is None and result.reason == "no applicable model"
+
+def test_untrained_weights_are_labelled_and_real_ones_are_not() -> None:
+    demo = build_tid1500(chest_input(kind="untrained-demo"))
+    assert "UNTRAINED DEMO WEIGHTS - NOT FOR CLINICAL USE" in demo.SeriesDescription
+    assert demo.SeriesDescription.startswith("AI Fake chest")
+    assert len(demo.SeriesDescription) <= 64
+    assert all("UNTRAINED" in name for name in algorithm_texts(demo)["111001"])
+    observer = [i for i in demo.ContentSequence if concept(i) == "121013"]  # Device Observer Name
+    assert observer and "UNTRAINED" in observer[0].TextValue
+    real = build_tid1500(chest_input(kind="real"))
+    assert real.SeriesDescription == "AI Fake chest classifier"
+    assert "UNTRAINED" not in str(algorithm_texts(real)["111001"])
+
+
+def test_same_input_gives_same_uids_and_generation_changes_them() -> None:
+    inp = chest_input()
+    one, two = build_tid1500(inp), build_tid1500(inp)
+    assert one.SeriesInstanceUID == two.SeriesInstanceUID
+    assert one.SOPInstanceUID == two.SOPInstanceUID
+    assert [f.tracking_uid for f in read_findings(one)] == [
+        f.tracking_uid for f in read_findings(two)
+    ]
+    assert len({f.tracking_uid for f in read_findings(one)}) == len(FAKE.labels)
+    other = build_tid1500(replace(inp, generation=2))
+    assert other.SOPInstanceUID != one.SOPInstanceUID
+    assert other.SeriesInstanceUID != one.SeriesInstanceUID
+    resha = build_tid1500(replace(inp, weights=FakeWeights(FAKE.id, sha256="cd" * 32)))
+    assert resha.SOPInstanceUID != one.SOPInstanceUID
+
+
+def test_ct_series_scope_max_references_the_driving_slice(tmp_path: Path) -> None:
+    first = ct_series(3, derived_uid("test-series", "a"), 2)
+    second = ct_series(2, derived_uid("test-series", "b"), 3)
+    study = first[0].StudyInstanceUID
+    findings = []
+    for series, best in ((first, 1), (second, 0)):
+        for i, label in enumerate(HEAD.labels):
+            findings.append(
+                Finding(label, 0.2 + 0.3 * i, (series[best],), series[0].SeriesInstanceUID)
+            )
+    inp = ReportInput(
+        study, 4, HEAD, FakeWeights(HEAD.id, "real"), "torch", findings, [*first, *second]
+    )
+    sr = build_tid1500(inp)
+    reported = read_findings(sr)
+    assert [f.identifier for f in reported] == [
+        "hemorrhage (series 2)",
+        "fracture (series 2)",
+        "hemorrhage (series 3)",
+        "fracture (series 3)",
+    ]  # "normal" has report: false
+    assert [f.sources for f in reported] == [(first[1].SOPInstanceUID,)] * 2 + [
+        (second[0].SOPInstanceUID,)
+    ] * 2
+    assert [f.series[0] for f in reported] == [first[0].SeriesInstanceUID] * 2 + [
+        second[0].SeriesInstanceUID
+    ] * 2
+    assert [f.evaluation for f in reported] == ["Absent", "Present"] * 2  # 0.2<0.4, 0.5>=0.3
+    assert library_images(sr) == [first[1].SOPInstanceUID, second[0].SOPInstanceUID]
+    referenced = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert sum(len(s.ReferencedSOPSequence) for s in referenced) == 5  # all evidence
+    assert sr.OtherPatientIDsSequence[0].PatientID == "OTHER-CT-1"
+    assert sr.PatientIdentityRemoved == "YES" and sr.DeidentificationMethod
+    assert "CodingSchemeIdentificationSequence" not in sr
+    descriptors = {concept(i) for i in items(sr) if i.RelationshipType == "HAS ACQ CONTEXT"}
+    assert {"112227", "110910", "110911", "111026", "112225", "110903", "110909"} <= descriptors
+    assert "intended use" in " ".join(algorithm_texts(sr)["111002"])
+    assert dciodvfy_errors(save(sr, tmp_path / "ct-sr.dcm")) == []
+
+
+def test_bone_study_scope_mean_lists_every_source(tmp_path: Path) -> None:
+    first = header("RG3_UNCR.dcm")
+    second = deepcopy(first)
+    second.SOPInstanceUID = derived_uid("test-bone", "2")
+    second.InstanceNumber = 2
+    label = BONE.labels[0]
+    inp = ReportInput(
+        first.StudyInstanceUID,
+        1,
+        BONE,
+        FakeWeights(BONE.id, "real"),
+        "torch",
+        [Finding(label, 0.625, (first, second), None)],
+        [first, second],
+    )
+    sr = build_tid1500(inp)
+    (finding,) = read_findings(sr)
+    assert finding.sources == (first.SOPInstanceUID, second.SOPInstanceUID)
+    assert (finding.identifier, finding.evaluation) == ("lesion", "Present")
+    assert library_images(sr) == [first.SOPInstanceUID, second.SOPInstanceUID]
+    assert "OtherPatientIDs" not in sr and "OtherPatientIDsSequence" not in sr
+    assert not any(
+        p.startswith(("model card", "intended use")) for p in algorithm_texts(sr)["111002"]
+    )  # no model card
+    assert dciodvfy_errors(save(sr, tmp_path / "bone-sr.dcm")) == []
+
+
+def test_invalid_source_values_do_not_stop_the_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inp = chest_input()
+    source = deepcopy(inp.evidence[0])
+    source.PatientName = "Doe^Jane=x=y=z"
+    for keyword, value in {
+        "PatientSex": "Q",
+        "PatientBirthDate": "19xx0101",
+        "StudyDate": "2004-08-26",
+        "StudyTime": "25:99",
+        "SpecificCharacterSet": "ISO_IR 999",
+        "PixelSpacing": "abc\\",
+        "Modality": "cr?",
+        "Rows": "many",  # US given as text: unreadable
+        "PatientAge": "4711 years",  # invalid AS: pydicom warns quoting it
+        "OtherPatientIDs": "Doe-4711\\Jane-4711",
+    }.items():
+        raw(source, keyword, value)
+    findings = [replace(f, sources=(source,)) for f in inp.findings]
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+    assert (sr.PatientSex, sr.PatientBirthDate) == ("Q", "19xx0101")  # kept as the source has it
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert library_images(sr) == [source.SOPInstanceUID]
+    save(sr, tmp_path / "odd.dcm")
+    assert dcmread(tmp_path / "odd.dcm").PatientName == "Doe^Jane=x=y=z"
+    said = " ".join([r.getMessage() for r in caplog.records] + [str(w.message) for w in caught])
+    assert sr.OtherPatientIDs == ["Doe-4711", "Jane-4711"]
+    for phi in ("Doe", "Jane", "9RG1", "19xx", "26210", "4711"):
+        assert phi not in said
+
+
+def raw(ds: Dataset, keyword: str, value: str) -> None:
+    """Put a value into a header as read from a file, without pydicom's checks."""
+    tag = Tag(keyword)
+    data = value.encode()
+    data += b" " * (len(data) % 2)
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(data), data, 0, True, True)
+
+
+def strip_pixel_description(ds: Dataset) -> None:
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "PixelRepresentation"):
+        delattr(ds, keyword)
+
+
+def phi_header() -> Dataset:
+    ds = header("RG1_UNCR.dcm")
+    ds.PatientName = "Secret^Person"
+    ds.PatientID = "PID-4711"
+    return ds
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda ds: setattr(ds, "Modality", "SR"),  # not a valid source image
+        lambda ds: strip_pixel_description(ds),
+        lambda ds: setattr(ds, "SOPClassUID", "not a uid Secret^Person PID-4711"),
+        lambda ds: delattr(ds, "SOPInstanceUID"),
+        lambda ds: setattr(ds, "StudyInstanceUID", "1.2.3.4"),  # not the analysed study
+    ],
+)
+def test_report_errors_do_not_quote_patient_data(spoil) -> None:  # type: ignore[no-untyped-def]
+    inp = chest_input()
+    source = phi_header()
+    study = source.StudyInstanceUID
+    spoil(source)
+    findings = [replace(f, sources=(source,)) for f in inp.findings]
+    with pytest.raises(ReportError) as caught:
+        build_tid1500(replace(inp, study_uid=study, findings=findings, evidence=[source]))
+    text = str(caught.value)
+    assert "Secret" not in text and "PID-4711" not in text and "Person" not in text
+
+
+def test_inconsistent_findings_are_refused() -> None:
+    inp = chest_input()
+    with pytest.raises(ReportError, match="not in"):
+        build_tid1500(replace(inp, findings=[replace(inp.findings[0], probability=1.5)]))
+    with pytest.raises(ReportError, match="twice"):
+        build_tid1500(replace(inp, findings=[inp.findings[0]] * 2))
+    with pytest.raises(ReportError, match="scope"):
+        build_tid1500(replace(inp, findings=[replace(inp.findings[0], scope_key="1.2")]))
+    hidden = replace(FAKE, labels=[replace(label, report=False) for label in FAKE.labels])
+    with pytest.raises(ReportError, match="no reportable"):
+        build_tid1500(replace(inp, manifest=hidden, findings=[]))
+
+
+def test_warm_up_builds_an_sr_and_logs_nothing_above_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sr = warm_up_sr()
+    assert read_findings(sr)[0].finding == "Warm-up finding"
+    for manifest in (FAKE, HEAD):
+        assert len(read_findings(warm_up_sr(manifest, backend="torch"))) == sum(
+            label.report for label in manifest.labels
+        )
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_profiles_are_looked_up_by_name() -> None:
+    assert set(PROFILES) == {"tid1500"}
+    assert builder("tid1500") is build_tid1500
+    assert build("tid1500", chest_input()).Modality == "SR"
+    with pytest.raises(ReportError, match="unknown report profile"):
+        builder("text-sr")
+
+
+def test_read_findings_reads_a_saved_file(tmp_path: Path) -> None:
+    sr = build_tid1500(chest_input())
+    path = save(sr, tmp_path / "sr.dcm")
+    assert read_findings(dcmread(path)) == read_findings(sr)
+    empty = Dataset()
+    empty.file_meta = FileMetaDataset()
+    assert read_findings(empty) == []
+
+
+@dataclass(frozen=True)
+class FakeImage:
+    header: Dataset
+
+
+@dataclass(frozen=True)
+class FakeAggregate:
+    scope_key: str | None
+    probabilities: npt.NDArray[np.float32]
+    sources: list[list[FakeImage]]
+
+
+@dataclass(frozen=True)
+class FakeOutcome:
+    aggregates: list[FakeAggregate]
+    images: list[FakeImage]
+
+
+@dataclass(frozen=True)
+class FakeModel:
+    manifest: Any
+    weights: FakeWeights
+    backend: str = "onnxruntime"
+
+
+def shipped_manifests() -> list[Any]:
+    from models.registry import ModelRegistry
+
+    return ModelRegistry.load(None).manifests()
+
+
+def test_build_report_turns_a_head_ct_outcome_into_a_series_sr(tmp_path: Path) -> None:
+    (ich,) = [m for m in shipped_manifests() if m.aggregation.scope == "series"]
+    slices = ct_series(3, derived_uid("test-series", "ich"), 5)
+    images = [FakeImage(ds) for ds in slices]
+    count = len(ich.labels)
+    probabilities = np.linspace(0.1, 0.9, count).astype(np.float32)
+    unit = FakeAggregate(slices[0].SeriesInstanceUID, probabilities, [[images[2]]] * count)
+    model = FakeModel(ich, FakeWeights(ich.id, "real"))
+    sr = build_report("tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 3)
+    reported = read_findings(sr)
+    assert len(reported) == sum(label.report for label in ich.labels)
+    assert {f.sources for f in reported} == {(slices[2].SOPInstanceUID,)}
+    assert reported[0].identifier == f"{ich.labels[0].name} (series 5)"
+    assert sr.SeriesDescription == f"AI {ich.name}"[:64]
+    assert dciodvfy_errors(save(sr, tmp_path / "ich.dcm")) == []
+    with pytest.raises(ReportError, match="outputs"):
+        short = FakeAggregate(None, probabilities[:1], [[images[0]]])
+        build_report("tid1500", FakeOutcome([short], images), model, "1.2", 1)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_shipped_manifests_warm_up_to_valid_srs(index: int, tmp_path: Path) -> None:
+    manifest = sorted(shipped_manifests(), key=lambda m: m.id)[index]
+    sr = warm_up_sr(manifest, backend="torch")
+    assert len(read_findings(sr)) == sum(label.report for label in manifest.labels)
+    assert dciodvfy_errors(save(sr, tmp_path / f"{manifest.id}.dcm")) == []

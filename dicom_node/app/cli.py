@@ -1,13 +1,13 @@
 """``dicom-node``: the node's command line.
 
-Commands: ``up``, ``scp``, ``worker``, ``status``, ``echo``, ``models``, ``demo``.
+Commands: ``up``, ``scp``, ``worker``, ``status``, ``ledger``, ``echo``, ``route``, ``models``,
+``demo``.
 Errors of this project print one line to stderr and exit 2; nothing prints a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -16,8 +16,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from dicom_node.core.settings import CONFIG_ENV, Peer, Settings, load_settings
 from dicom_node.core.errors import DicomNodeError
+from dicom_node.core.settings import CONFIG_ENV, Peer, Settings, load_settings
 
 log = logging.getLogger("dicom_node")
 
@@ -51,45 +51,44 @@ def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from dicom_node.core.contract import worker_argv
+    from models.registry import ModelRegistry
+
+    from workers.app import run_worker
 
     if not settings.broker_url:
         raise DicomNodeError("DICOM_NODE_BROKER_URL is required for a standalone worker")
-    argv = worker_argv(settings.model_id, args.concurrency, settings.log_level)
-    os.execv(sys.executable, argv)
+    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
+    wanted = _split(args.models) or settings.enabled_models or registry.ids()
+    for model_id in wanted:
+        registry.get(model_id)  # unknown ids are a clear error before Celery starts
+    run_worker(settings, wanted, args.concurrency)
+    return 0
 
 
-def _when(epoch: float | None) -> str:
-    return dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else "-"
-
-
-def _span(start: float | None, end: float | None) -> str:
-    return f"{end - start:.2f}" if start and end else "-"
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.app.status_view import render_text, to_json
     from dicom_node.core.ledger import Ledger
 
-    ledger = Ledger(settings.resolved_ledger_url)
-    studies = ledger.studies(limit=args.limit)
+    ledger = Ledger(settings.resolved_ledger_url, upgrade=False)
+    views = ledger.studies(limit=args.limit)
     if args.json:
-        print(json.dumps([{**s.__dict__, "state": s.state.value} for s in studies], indent=2))
-        return 0
-    if not studies:
-        print("no studies in the ledger")
-        return 0
-    untrained = " [UNTRAINED weights]"
-    print(
-        f"{'Study Instance UID':<64} {'state':<14} {'n':>3} {'last received':<19} "
-        f"{'wait s':>7} {'infer s':>7} {'deliv s':>7}  reason"
-    )
-    for s in studies:
-        print(
-            f"{s.study_uid:<64} {s.state.value:<14} {s.instance_count:>3} "
-            f"{_when(s.last_received_at):<19} {_span(s.last_received_at, s.inferring_at):>7} "
-            f"{_span(s.inferring_at, s.reported_at):>7} {_span(s.reported_at, s.delivered_at):>7}"
-            f"  {s.reason or ''}{untrained if s.weights_kind == 'untrained-demo' else ''}"
-        )
+        print(json.dumps(to_json(views), indent=2))
+    else:
+        print(render_text(views) if views else "no studies in the ledger")
+    return 0
+
+
+def _cmd_ledger(settings: Settings, _: argparse.Namespace) -> int:
+    from dicom_node.core.ledger import current_revision, head_revision, upgrade_ledger
+
+    url = settings.resolved_ledger_url
+    before = current_revision(url)
+    upgrade_ledger(url)
+    print(f"ledger schema {before or 'empty'} -> {head_revision()}")
     return 0
 
 
@@ -103,29 +102,62 @@ def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    from models.manifest import ModelRegistry
-    from models.weights.store.store import fetch_weights, import_checkpoint, resolve_weights
+    from models.registry import ModelRegistry
 
-    registry = ModelRegistry.from_directory()
-    manifest = registry.get(args.model or settings.model_id)
+    from models import weights
+
+    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
     models_dir = settings.resolved_models_dir
-    if args.models_cmd == "fetch":
-        info = fetch_weights(manifest, models_dir, url=args.url)
-    elif args.models_cmd == "import":
-        info = import_checkpoint(Path(args.file), manifest, models_dir, origin=Path(args.file).name)
-    else:
-        for model_id in registry.ids():
-            try:
-                w = resolve_weights(registry.get(model_id), models_dir, allow_demo=False)
-                print(f"{model_id}: {w.kind} weights, sha256 {w.sha256}")
-            except DicomNodeError as exc:
-                print(f"{model_id}: {exc}")
+    if args.models_cmd == "list":
+        for row in weights.list_models(registry, models_dir):
+            print(row)
         return 0
+    manifest = registry.get(args.model)
+    if args.models_cmd == "fetch":
+        info = weights.fetch_weights(manifest, models_dir, url=args.url)
+    elif args.models_cmd == "import":
+        info = weights.import_weights(Path(args.file), manifest, models_dir)
+    else:
+        info = weights.verify_weights(manifest, models_dir)
     print(
-        f"{manifest.id}: {info.kind} weights {info.path}\n  sha256 {info.sha256}\n"
-        f"  source sha256 {info.source_sha256}"
+        f"{manifest.id} {manifest.version}: {info.kind} weights {info.path}\n"
+        f"  sha256 {info.sha256}\n  source sha256 {info.source_sha256}"
     )
     return 0
+
+
+def _cmd_route(settings: Settings, args: argparse.Namespace) -> int:
+    from models.registry import ModelRegistry
+    from models.routing import read_headers, route
+
+    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
+    instances, unreadable = read_headers(_expand(args.paths))
+    plan = route(registry, instances, args.calling_ae, enabled=settings.enabled_models)
+    for match in plan.matches:
+        print(
+            f"RUN  {match.model_id} {match.version}: {len(match.paths)} image(s) "
+            f"in series {', '.join(match.series_uids)}"
+        )
+    for series_uid, model_id, why in plan.rejections:
+        print(f"SKIP {model_id} on series {series_uid}: {why}")
+    for line in unreadable:
+        print(f"SKIP {line}")
+    if not plan.matches:
+        print("no model would run")
+    return 0
+
+
+def _expand(paths: Sequence[str]) -> list[str]:
+    files: list[str] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(str(p) for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise DicomNodeError(f"{name}: no such file or directory")
+    return files
 
 
 def _cmd_demo(settings: Settings, _: argparse.Namespace) -> int:
@@ -143,19 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("scp", help="run the C-ECHO / C-STORE SCP only")
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=1)
-    status = sub.add_parser("status", help="list studies in the ledger")
+    worker.add_argument(
+        "--models", help="comma-separated manifest ids it holds (default: DICOM_NODE_MODELS, all)"
+    )
+    status = sub.add_parser("status", help="studies with their analyses, reports and deliveries")
     status.add_argument("--limit", type=int, default=50)
     status.add_argument("--json", action="store_true")
+    ledger = sub.add_parser("ledger", help="manage the ledger")
+    ledger_sub = ledger.add_subparsers(dest="ledger_cmd", required=True)
+    ledger_sub.add_parser("upgrade", help="upgrade the ledger schema in place")
     echo = sub.add_parser("echo", help="C-ECHO a peer")
     echo.add_argument("peer", help="AE@host:port")
-    models = sub.add_parser("models", help="manage model weights")
-    models.add_argument("--model", help="manifest id (default: DICOM_NODE_MODEL_ID)")
+    route = sub.add_parser("route", help="dry run: which models would run on these files")
+    route.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    route.add_argument("--calling-ae", help="calling AE title the rules may match")
+    models = sub.add_parser("models", help="manage models and their weights")
     models_sub = models.add_subparsers(dest="models_cmd", required=True)
-    fetch = models_sub.add_parser("fetch", help="download the published weights")
+    models_sub.add_parser("list", help="known models and their installed weights")
+    fetch = models_sub.add_parser("fetch", help="download a model's published weights")
+    fetch.add_argument("model", help="manifest id")
     fetch.add_argument("--url", help="mirror URL instead of the manifest's")
-    imp = models_sub.add_parser("import", help="import a weights file you already have")
+    imp = models_sub.add_parser("import", help="import weights you have (.pt, .safetensors, .onnx)")
+    imp.add_argument("model", help="manifest id")
     imp.add_argument("file")
-    models_sub.add_parser("list", help="show installed weights")
+    verify = models_sub.add_parser("verify", help="re-hash installed weights against their pins")
+    verify.add_argument("model", help="manifest id")
     sub.add_parser("demo", help="push the sample chest X-ray and print its SR")
     return parser
 
@@ -165,6 +209,8 @@ COMMANDS = {
     "scp": _cmd_scp,
     "worker": _cmd_worker,
     "status": _cmd_status,
+    "ledger": _cmd_ledger,
+    "route": _cmd_route,
     "echo": _cmd_echo,
     "models": _cmd_models,
     "demo": _cmd_demo,

@@ -1,9 +1,10 @@
-"""``dicom-node demo``: push the sample chest X-ray through a running node and show its SR.
+"""``dicom-node demo``: push one study of three real images through a running node, show its SRs.
 
 Starts the node (embedded Redis, worker, SCP) on a free port with a temporary
 data directory, starts a small C-STORE SCP standing in for the PACS, pushes
-pydicom-data's ``RG1_UNCR.dcm`` (a real adult chest CR), waits for the SR,
-prints the findings and stops everything.
+one study holding a real chest CR, a head CT series and a real tibia CR
+(:func:`dicom_node.app.samples.mixed_study`), waits for one SR per model that
+applies, prints their findings and stops everything.
 """
 
 from __future__ import annotations
@@ -19,36 +20,28 @@ from pydicom import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Comprehensive3DSRStorage  # type: ignore[attr-defined]
 
-from dicom_node.core import dimse
-from dicom_node.core.settings import Peer, Settings
 from dicom_node.app.echo_scu import echo
+from dicom_node.app.samples import mixed_study
 from dicom_node.app.supervisor import free_port, run_up
+from dicom_node.core import dimse
 from dicom_node.core.errors import DeliveryError, ServiceError
+from dicom_node.core.settings import Peer, Settings
 
 log = logging.getLogger(__name__)
 
 
-def sample_path() -> Path:
-    """The sample chest CR from pydicom-data.
+def _expected_reports(settings: Settings, files: list[Path]) -> list[str]:
+    from models.registry import ModelRegistry
+    from models.routing import read_headers, route
 
-    Raises
-    ------
-    ServiceError
-        If pydicom-data is not installed.
-    """
-    try:
-        from pydicom.data import get_testdata_file
-
-        path = get_testdata_file("RG1_UNCR.dcm")
-    except Exception as exc:  # pydicom-data missing or offline
-        raise ServiceError(f"sample image unavailable: {exc}") from exc
-    if not path:
-        raise ServiceError("sample image RG1_UNCR.dcm not found: pip install pydicom-data")
-    return Path(str(path))
+    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
+    instances, _ = read_headers([str(f) for f in files])
+    plan = route(registry, instances, "DEMO_MODALITY", enabled=settings.enabled_models)
+    return [m.model_id for m in plan.matches]
 
 
-def run_demo(settings: Settings, timeout: float = 300.0) -> int:
-    """Run the demo; return 0 when an SR came back."""
+def run_demo(settings: Settings, timeout: float = 600.0) -> int:
+    """Run the demo; return 0 when every expected SR came back."""
     from workers.destinations.c_store import c_store
     from workers.outputs.tid1500 import read_findings
 
@@ -66,6 +59,7 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
     )
     assert pacs is not None
     stop = threading.Event()
+    reports: list[tuple[Dataset, float]] = []
     with tempfile.TemporaryDirectory(prefix="dicom-node-demo-") as tmp:
         node_settings = settings.model_copy(
             update={
@@ -77,6 +71,8 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
                 "study_quiet_seconds": 2.0,
             }
         )
+        study = mixed_study(Path(tmp) / "study")
+        expected = _expected_reports(node_settings, study.files)
         node = threading.Thread(target=run_up, args=(node_settings, stop), daemon=True)
         node.start()
         try:
@@ -90,24 +86,31 @@ def run_demo(settings: Settings, timeout: float = 300.0) -> int:
                     if time.monotonic() > deadline or not node.is_alive():
                         raise ServiceError("node did not start") from None
                     time.sleep(0.2)
-            print(f"node up; pushing {sample_path().name} as DEMO_MODALITY")
-            c_store(sample_path(), me, "DEMO_MODALITY")
+            print(
+                f"node up; pushing one study as DEMO_MODALITY: chest CR, "
+                f"{len(study.ct)}-slice head CT, tibia CR; expecting SRs from "
+                f"{', '.join(expected)}"
+            )
+            for path in study.files:
+                c_store(path, me, "DEMO_MODALITY")
             sent = time.monotonic()
-            report = received.get(timeout=max(1.0, deadline - time.monotonic()))
-            elapsed = time.monotonic() - sent
+            while len(reports) < len(expected):
+                report = received.get(timeout=max(1.0, deadline - time.monotonic()))
+                reports.append((report, time.monotonic() - sent))
         except queue.Empty:
-            print("no SR arrived in time; see the log above")
+            print(f"{len(reports)} of {len(expected)} SRs arrived in time; see the log above")
             return 1
         finally:
             stop.set()
             node.join(timeout=120)
             pacs.shutdown()
-    print(
-        f"\nSR {report.SOPInstanceUID} arrived {elapsed:.1f} s after the image "
-        f"(quiet period {node_settings.study_quiet_seconds:.0f} s)"
-    )
-    print(f"Series: {report.get('SeriesDescription', '')}\n")
-    print(f"{'Finding':<28} {'Probability':>11}  Evaluation")
-    for finding in read_findings(report):
-        print(f"{finding.finding:<28} {finding.probability:>11.3f}  {finding.evaluation}")
+    for report, elapsed in reports:
+        print(
+            f"\nSR {report.SOPInstanceUID} arrived {elapsed:.1f} s after the last image "
+            f"(quiet period {node_settings.study_quiet_seconds:.0f} s)"
+        )
+        print(f"Series: {report.get('SeriesDescription', '')}")
+        print(f"{'Finding':<34} {'Probability':>11}  Evaluation")
+        for finding in read_findings(report):
+            print(f"{finding.finding:<34} {finding.probability:>11.3f}  {finding.evaluation}")
     return 0

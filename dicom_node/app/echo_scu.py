@@ -5,8 +5,8 @@ from __future__ import annotations
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.core.settings import Peer
 from dicom_node.core.errors import DeliveryError
+from dicom_node.core.settings import Peer
 
 
 def echo(peer: Peer, calling_ae: str, timeout: float = 10.0) -> int:

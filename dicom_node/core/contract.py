@@ -1,50 +1,130 @@
-"""Names of Celery queues and tasks, and the worker command line that consumes them.
+"""The task contract: task names, queues and typed payloads, in one place.
 
-Shared by the SCP (which sends tasks by name), the CLI and ``dicom-node up``.
+Every message that crosses Redis is named here. The SCP publishes by name
+(it never imports model or worker code); workers register their functions
+under the same names. Payloads are pydantic models sent as JSON
+(Celery's ``pydantic=True``), never pickle, and carry UIDs and spool paths,
+never pixel data.
+
+::
+
+    SCP (completion monitor) ──▶ route_study     queue "route"
+        reads headers, asks the model registry which models apply,
+        creates one analysis per model in the ledger
+                              ──▶ analyze         queue "infer.<model_id>"  (one per analysis)
+        decode → preprocess → infer → aggregate → one SR per output profile
+                              ──▶ deliver         queue "delivery"          (one per destination)
+
+Task ids are deterministic, so a message published twice is one task in
+Celery's result backend and in the logs.
 """
 
 from __future__ import annotations
 
-import sys
+from typing import Final, Literal
 
-ANALYZE_TASK = "workers.tasks.analyze.analyze_study"
-DELIVER_TASK = "workers.tasks.analyze.deliver_report"
-DELIVERY_QUEUE = "delivery"
+from pydantic import BaseModel, ConfigDict, Field
+
+ROUTE_TASK: Final = "dicom_node.route_study"
+ANALYZE_TASK: Final = "dicom_node.analyze"
+DELIVER_TASK: Final = "dicom_node.deliver"
+
+ROUTE_QUEUE: Final = "route"
+DELIVERY_QUEUE: Final = "delivery"
+MODEL_QUEUE_PREFIX: Final = "infer."
 
 
 def model_queue(model_id: str) -> str:
-    """Queue of the inference tasks of one model (one queue per model)."""
-    return f"infer.{model_id}"
+    """Queue of one model's inference tasks: ``infer.<model_id>``."""
+    return f"{MODEL_QUEUE_PREFIX}{model_id}"
 
 
-def worker_argv(
-    model_id: str, concurrency: int, log_level: str, hostname: str | None = None
-) -> list[str]:
-    """Command line of a Celery worker for ``model_id``'s queue and the delivery queue.
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    Parameters
+
+class RouteStudy(_Payload):
+    """A study is complete: decide which models run on it.
+
+    Attributes
     ----------
-    model_id : str
-        Manifest id; the worker consumes ``infer.<model_id>``.
-    concurrency : int
-        Prefork processes (1 per GPU).
-    log_level : str
-        Celery log level.
-    hostname : str, optional
-        Celery node name (``--hostname``).
+    study_uid : str
+        Study Instance UID.
+    generation : int
+        Ledger generation the task acts on; a newer generation supersedes it.
+    paths : list of str
+        Spool files of the study's instances, in arrival order.
+    calling_ae : str or None
+        AE title of the modality that sent the study (routing may use it).
     """
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.app",
-        "worker",
-        "-Q",
-        f"{model_queue(model_id)},{DELIVERY_QUEUE}",
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        log_level,
-    ]
-    return [*argv, "--hostname", hostname] if hostname else argv
+
+    study_uid: str
+    generation: int = Field(ge=1)
+    paths: list[str]
+    calling_ae: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic Celery task id."""
+        return f"route:{self.study_uid}:{self.generation}"
+
+
+class Analyze(_Payload):
+    """Run one model on the instances of a study that it applies to.
+
+    Attributes
+    ----------
+    analysis_id : int
+        Ledger id of the analysis (study, generation, model id, model version).
+    study_uid : str
+        Study Instance UID.
+    generation : int
+        Study generation.
+    model_id, model_version : str
+        Manifest id and version.
+    paths : list of str
+        Spool files the model applies to.
+    """
+
+    analysis_id: int
+    study_uid: str
+    generation: int = Field(ge=1)
+    model_id: str
+    model_version: str
+    paths: list[str]
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic Celery task id."""
+        return f"analyze:{self.analysis_id}"
+
+
+class Deliver(_Payload):
+    """Send one report to one destination.
+
+    Attributes
+    ----------
+    delivery_id : int
+        Ledger id of the delivery (report, destination).
+    report_path : str
+        The SR file in ``<data_dir>/reports``.
+    destination : str
+        ``AE@host:port`` of a C-STORE SCP, or ``outbox``.
+    """
+
+    delivery_id: int
+    report_path: str
+    destination: str
+
+    @property
+    def task_id(self) -> str:
+        """Deterministic Celery task id."""
+        return f"deliver:{self.delivery_id}"
+
+
+class TaskOutcome(_Payload):
+    """What a task returns to the result backend (JSON, no PHI)."""
+
+    state: str
+    detail: str = ""
+    outcome: Literal["done", "skipped", "failed", "retry"] = "done"

@@ -20,6 +20,8 @@ CLI message.
     │   │   ├── WeightsUnavailableError   none imported and demo weights not allowed
     │   │   ├── WeightsIntegrityError     sha256 or tensor layout does not match
     │   │   └── UnsafePickleError         a checkpoint references a forbidden global
+    │   ├── InputContractError      a batch does not fit the manifest's input contract
+    │   ├── RoutingError            routing could not be evaluated (not raised for odd headers)
     │   └── InferenceError          a backend failed to run
     ├── ReportError                 a DICOM SR could not be built
     ├── DeliveryError               the PACS refused or could not be reached
@@ -79,6 +81,14 @@ class WeightsIntegrityError(WeightsError):
 
 class UnsafePickleError(WeightsError):
     """A pickled checkpoint references a global outside the allowlist."""
+
+
+class InputContractError(ModelError):
+    """A batch's shape, layout, dtype or value range differs from the manifest's input."""
+
+
+class RoutingError(ModelError):
+    """Routing could not be evaluated (a bad rule); odd headers are rejections, not errors."""
 
 
 class InferenceError(ModelError):

@@ -115,7 +115,10 @@ class Settings(BaseSettings):
         False,
         description="Allow seeded random (untrained) weights when no real ones are installed.",
     )
-    model_id: str = Field("xrv-densenet121-res224-all", description="Manifest id of the model.")
+    models: str = Field(
+        "",
+        description="Comma-separated manifest ids to serve; empty: all shipped and site manifests.",
+    )
     models_dir: Path | None = Field(
         None, description="Weights and engines. Default: data_dir/models."
     )
@@ -174,6 +177,17 @@ class Settings(BaseSettings):
     def pacs_peer(self) -> Peer | None:
         """The PACS as a :class:`Peer`, or None when reports go to the outbox."""
         return Peer.parse(self.pacs) if self.pacs else None
+
+    @property
+    def enabled_models(self) -> list[str] | None:
+        """Manifest ids named by ``DICOM_NODE_MODELS``, or None for all of them."""
+        ids = [part.strip() for part in self.models.split(",") if part.strip()]
+        return ids or None
+
+    @property
+    def destinations(self) -> list[str]:
+        """Where each report goes: the PACS (``AE@host:port``), else ``outbox``."""
+        return [self.pacs] if self.pacs else ["outbox"]
 
     @property
     def resolved_models_dir(self) -> Path:

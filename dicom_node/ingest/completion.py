@@ -1,11 +1,10 @@
-"""Study completion: after a quiet period, enqueue exactly one task per study.
+"""Study completion: after a quiet period, publish exactly one ``route_study`` task per study.
 
 A background thread polls the ledger. A study in ``receiving`` whose last
-instance arrived ``study_quiet_seconds`` ago is moved to ``queued`` (only if no
-instance arrived meanwhile), its instance paths are read, and one Celery task
-is sent *by name*, so the SCP process never imports model code. If the broker
-refuses, the study goes back to ``receiving`` and is tried on the next tick:
-work waits, it is not dropped.
+instance arrived ``study_quiet_seconds`` ago is moved to ``queued`` (only if
+no instance arrived meanwhile), its instance paths are read, and one task is
+published by name. If the broker refuses, the study goes back to
+``receiving`` and is tried on the next tick: work waits, it is not dropped.
 """
 
 from __future__ import annotations
@@ -13,20 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
+from dicom_node.core.contract import RouteStudy
 from dicom_node.core.errors import DicomNodeError, EnqueueError
 from dicom_node.core.ledger import Ledger, StudyState
+from dicom_node.ingest.publisher import Publish
 
 log = logging.getLogger(__name__)
-
-SendTask = Callable[[str, int, list[str], str], None]
-"""``send(study_uid, generation, paths, task_id)``; raises EnqueueError."""
-
-
-def task_id_for(study_uid: str, generation: int) -> str:
-    """Deterministic Celery task id of a study generation."""
-    return f"analyze:{study_uid}:{generation}"
 
 
 class CompletionMonitor:
@@ -36,7 +28,7 @@ class CompletionMonitor:
     ----------
     ledger : Ledger
         The study ledger.
-    send : SendTask
+    publish : Publish
         Publishes the task; raises :class:`EnqueueError` when the broker is down.
     quiet_seconds : float
         Quiet period after the last instance, seconds.
@@ -47,48 +39,54 @@ class CompletionMonitor:
     def __init__(
         self,
         ledger: Ledger,
-        send: SendTask,
+        publish: Publish,
         quiet_seconds: float,
         poll_seconds: float | None = None,
     ) -> None:
         self.ledger = ledger
-        self.send = send
+        self.publish = publish
         self.quiet_seconds = quiet_seconds
         self.poll_seconds = poll_seconds or min(1.0, quiet_seconds / 4)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def tick(self, now: float | None = None) -> int:
-        """Enqueue every study that is due; return how many were enqueued."""
+        """Publish every study that is due; return how many were published."""
         now = time.time() if now is None else now
         cutoff = now - self.quiet_seconds
         sent = 0
         for study_uid, generation in self.ledger.due_studies(self.quiet_seconds, now):
-            if not self.ledger.transition(
-                study_uid,
-                generation,
-                StudyState.QUEUED,
-                allowed_from=[StudyState.RECEIVING],
-                received_before=cutoff,
-                task_id=None,
+            if not self.ledger.transition_study(
+                study_uid, generation, StudyState.QUEUED, received_before=cutoff, task_id=None
             ):
                 continue  # an instance arrived meanwhile
-            paths = self.ledger.instance_paths(study_uid)
-            task_id = task_id_for(study_uid, generation)
+            study = self.ledger.get(study_uid)
+            payload = RouteStudy(
+                study_uid=study_uid,
+                generation=generation,
+                paths=self.ledger.instance_paths(study_uid),
+                calling_ae=study.study.calling_ae if study else None,
+            )
             try:
-                self.send(study_uid, generation, paths, task_id)
+                self.publish(payload)
             except EnqueueError as exc:
                 log.warning("study %s: broker refused the task (%s); will retry", study_uid, exc)
-                self.ledger.transition(
+                self.ledger.transition_study(
                     study_uid,
                     generation,
                     StudyState.RECEIVING,
-                    allowed_from=[StudyState.QUEUED],
                     reason=f"waiting for broker: {exc}",
                 )
                 break
-            self.ledger.note(study_uid, generation, task_id=task_id)
-            log.info("study %s complete: %d instances, task %s", study_uid, len(paths), task_id)
+            self.ledger.transition_study(
+                study_uid, generation, StudyState.QUEUED, task_id=payload.task_id, reason=None
+            )
+            log.info(
+                "study %s complete: %d instances, task %s",
+                study_uid,
+                len(payload.paths),
+                payload.task_id,
+            )
             sent += 1
         return sent
 

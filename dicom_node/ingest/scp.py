@@ -14,25 +14,18 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.core import dimse
-from dicom_node.ingest.c_store import StoreHandler
-from dicom_node.ingest.completion import CompletionMonitor, SendTask
-from dicom_node.core.settings import Settings
-from dicom_node.core.errors import EnqueueError
 from dicom_node.core.ledger import Ledger
+from dicom_node.core.settings import Settings
+from dicom_node.ingest.c_echo import handle_echo
+from dicom_node.ingest.c_store import StoreHandler
+from dicom_node.ingest.completion import CompletionMonitor
+from dicom_node.ingest.publisher import Publish, celery_publisher
 from dicom_node.ingest.spool import Spool
 
 if TYPE_CHECKING:
-    from pynetdicom.events import Event
     from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
-
-
-def handle_echo(event: Event) -> int:
-    """Answer C-ECHO with Success (PS3.7 9.1.5)."""
-    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
-    return dimse.SUCCESS
 
 
 def build_ae(settings: Settings) -> AE:
@@ -48,30 +41,6 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def celery_sender(settings: Settings) -> SendTask:
-    """Return a function that publishes a study's analysis task to Celery by name."""
-    from workers.app import create_app
-    from dicom_node.core.contract import ANALYZE_TASK, model_queue
-
-    app = create_app(settings, with_results=False)
-    policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
-
-    def send(study_uid: str, generation: int, paths: list[str], task_id: str) -> None:
-        try:
-            app.send_task(
-                ANALYZE_TASK,
-                kwargs={"study_uid": study_uid, "generation": generation, "paths": paths},
-                task_id=task_id,
-                queue=model_queue(settings.model_id),
-                retry=True,
-                retry_policy=policy,
-            )
-        except Exception as exc:  # kombu raises several connection error types
-            raise EnqueueError(f"{exc.__class__.__name__}: {exc}") from exc
-
-    return send
-
-
 class StoreSCP:
     """The listening node: AE, C-STORE handler and completion monitor.
 
@@ -79,18 +48,18 @@ class StoreSCP:
     ----------
     settings : Settings
         Node settings.
-    send : SendTask, optional
-        Task publisher; defaults to :func:`celery_sender`.
+    publish : Publish, optional
+        Task publisher; defaults to :func:`~dicom_node.ingest.publisher.celery_publisher`.
     """
 
-    def __init__(self, settings: Settings, send: SendTask | None = None) -> None:
+    def __init__(self, settings: Settings, publish: Publish | None = None) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.spool = Spool(settings.data_dir / "spool")
         self.ae = build_ae(settings)
         self.monitor = CompletionMonitor(
-            self.ledger, send or celery_sender(settings), settings.study_quiet_seconds
+            self.ledger, publish or celery_publisher(settings), settings.study_quiet_seconds
         )
         self._server: ThreadedAssociationServer | None = None
 

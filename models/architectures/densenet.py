@@ -1,11 +1,14 @@
-"""DenseNet-121 with one input channel, laid out like torchxrayvision's ``DenseNet``.
+"""DenseNet-121 and DenseNet-169, laid out like torchvision's and torchxrayvision's ``DenseNet``.
 
 Source: Huang et al., "Densely Connected Convolutional Networks", CVPR 2017
-(arXiv:1608.06993); layout and parameter names follow torchxrayvision's
-``models.DenseNet`` (itself torchvision's, with ``in_channels``), so its
-``state_dict`` keys (``features.denseblock1.denselayer1.norm1.weight`` ...)
-load unchanged. Written here so that neither torchvision nor torchxrayvision
-is a dependency.
+(arXiv:1608.06993). Layout and parameter names follow torchvision's
+``models.densenet`` (and torchxrayvision's ``models.DenseNet``, which adds
+``in_channels``), so their ``state_dict`` keys
+(``features.denseblock1.denselayer1.norm1.weight`` ...) load unchanged.
+Written here so that neither torchvision nor torchxrayvision is a dependency.
+
+Every network returns raw logits; the manifest's activation is applied
+outside the network, in one place (:mod:`models.backends`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 BLOCK_CONFIG_121 = (6, 12, 24, 16)
+"""Dense layers per block of DenseNet-121 (Huang et al., Table 1)."""
+BLOCK_CONFIG_169 = (6, 12, 32, 32)
+"""Dense layers per block of DenseNet-169 (Huang et al., Table 1)."""
 
 
 class _DenseLayer(nn.Sequential):
@@ -48,25 +54,36 @@ class _Transition(nn.Sequential):
         )
 
 
-class DenseNet121(nn.Module):
-    """DenseNet-121 classifier that returns logits.
+class DenseNet(nn.Module):
+    """DenseNet-BC classifier that returns logits.
 
     Parameters
     ----------
+    block_config : tuple of int
+        Dense layers in each of the four blocks.
     num_classes : int
-        Outputs (18 for torchxrayvision's "all" model).
+        Outputs L.
     in_channels : int
-        Image channels (1 for radiographs).
+        Image channels C (1 for radiographs, 3 for RGB or three CT windows).
+    growth_rate, bn_size, num_init_features : int
+        32, 4 and 64 for DenseNet-121/169.
 
     Notes
     -----
-    Input ``(N, 1, 224, 224) float32`` scaled to [-1024, 1024]; output
-    ``(N, num_classes) float32`` logits. Apply a sigmoid for probabilities.
+    Input ``(N, C, H, W) float32``; output ``(N, L) float32`` logits.
     """
 
-    def __init__(self, num_classes: int = 18, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        block_config: tuple[int, ...] = BLOCK_CONFIG_121,
+        num_classes: int = 18,
+        in_channels: int = 1,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        num_init_features: int = 64,
+    ) -> None:
         super().__init__()
-        growth, bn_size, features = 32, 4, 64
+        features = num_init_features
         self.features = nn.Sequential(
             OrderedDict(
                 conv0=nn.Conv2d(in_channels, features, 7, stride=2, padding=3, bias=False),
@@ -75,16 +92,16 @@ class DenseNet121(nn.Module):
                 pool0=nn.MaxPool2d(3, stride=2, padding=1),
             )
         )
-        for i, layers in enumerate(BLOCK_CONFIG_121, start=1):
+        for i, layers in enumerate(block_config, start=1):
             block = nn.Sequential(
                 OrderedDict(
-                    (f"denselayer{j + 1}", _DenseLayer(features + j * growth, growth, bn_size))
+                    (f"denselayer{j + 1}", _DenseLayer(features + j * growth_rate, growth_rate, bn_size))
                     for j in range(layers)
                 )
             )
             self.features.add_module(f"denseblock{i}", block)
-            features += layers * growth
-            if i != len(BLOCK_CONFIG_121):
+            features += layers * growth_rate
+            if i != len(block_config):
                 self.features.add_module(f"transition{i}", _Transition(features, features // 2))
                 features //= 2
         self.features.add_module("norm5", nn.BatchNorm2d(features))
@@ -99,19 +116,21 @@ class DenseNet121(nn.Module):
                 nn.init.constant_(module.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits ``(N, num_classes)`` for images ``(N, 1, H, W)``."""
+        """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
         out = F.relu(self.features(x))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.classifier(out)
 
 
-class WithSigmoid(nn.Module):
-    """Wrap a logits model so it returns probabilities in [0, 1] (exported to ONNX as is)."""
+class DenseNet121(DenseNet):
+    """DenseNet-121 (blocks 6, 12, 24, 16); see :class:`DenseNet`."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    def __init__(self, num_classes: int = 18, in_channels: int = 1) -> None:
+        super().__init__(BLOCK_CONFIG_121, num_classes, in_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``sigmoid(model(x))``."""
-        return torch.sigmoid(self.model(x))
+
+class DenseNet169(DenseNet):
+    """DenseNet-169 (blocks 6, 12, 32, 32); see :class:`DenseNet`."""
+
+    def __init__(self, num_classes: int = 1, in_channels: int = 3) -> None:
+        super().__init__(BLOCK_CONFIG_169, num_classes, in_channels)

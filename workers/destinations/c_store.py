@@ -1,8 +1,4 @@
-"""Report delivery: C-STORE SCU to the PACS, or the outbox when no PACS is configured.
-
-Retries with exponential back-off are the Celery task's job
-(:func:`workers.tasks.analyze.deliver_report`); this module makes one attempt.
-"""
+"""Destination: a C-STORE SCP (the PACS). One attempt; the deliver task retries."""
 
 from __future__ import annotations
 
@@ -14,9 +10,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from dicom_node.core import dimse
-from dicom_node.core.settings import Peer
 from dicom_node.core.errors import DeliveryError
-from dicom_node.core.durable import write_durably
+from dicom_node.core.settings import Peer
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +71,3 @@ def c_store(
         raise DeliveryError(f"{peer} answered C-STORE with 0x{code:04X}")
     log.info("delivered SR %s to %s (status 0x%04X)", ds.SOPInstanceUID, peer, code)
     return code
-
-
-def to_outbox(path: Path, outbox: Path) -> Path:
-    """Copy a report into the outbox directory durably (no PACS configured).
-
-    Returns
-    -------
-    Path
-        The outbox file.
-    """
-    target = write_durably(outbox / path.name, path.read_bytes())
-    log.info("wrote SR %s to the outbox", path.stem)
-    return target

@@ -1,24 +1,26 @@
-"""The report: a TID 1500 Measurement Report in a Comprehensive 3D SR, built with highdicom.
+"""Output profile "tid1500": a TID 1500 Measurement Report in a Comprehensive 3D SR.
 
-Content (PS3.16 TID 1500, TID 1501, TID 4019):
+Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
 
-- Observation context: the device observer is the model (name, manifest id).
+- Observation context: the device observer is the model (name, manifest id;
+  "UNTRAINED" in the name when the weights are untrained demo weights).
 - Procedure reported: SCT 363679005 "Imaging procedure" (CID 100).
-- One measurement group per label, in manifest order, each with
-  tracking identifier, finding type (the label's code), algorithm identification
-  (model name, version, weights sha256), the source image, one measurement
-  DCM 122157 "Probability" in UCUM "1", and a qualitative evaluation of the
-  finding: SCT 52101004 "Present" or SCT 272519000 "Absent" at the label's
-  operating threshold.
+- Image Library (DCM 111028): one entry per source image (:mod:`workers.outputs.library`).
+- Imaging Measurements: one measurement group per (scope unit, reported label),
+  in input order, each with tracking identifier (UID derived from the SR's SOP
+  Instance UID, the scope key and the label), finding type (the label's code),
+  algorithm identification (TID 4019: model id, version; parameters: weights
+  sha256, weights kind, backend, model card URL / reference, intended use),
+  source images (the image(s) that drove the finding), one measurement
+  DCM 122157 "Probability" in UCUM "1", and a qualitative evaluation
+  SCT 52101004 "Present" / SCT 272519000 "Absent" at the label's threshold
+  (present when probability >= threshold).
 
-UIDs are derived from the study, its generation, the model and the weights,
-so a task that runs twice yields the same SOP Instance UID.
+Series and SOP Instance UIDs are derived (:func:`workers.outputs.findings.report_uids`),
+so a task that runs twice produces the same instance.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom import Dataset
@@ -26,9 +28,36 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.core.errors import ReportError
 from dicom_node.core.uids import derived_uid
-from models.manifest import Label, Manifest
-from models.weights.store.store import UNTRAINED_NOTICE, WeightsInfo
+from workers.outputs.findings import (
+    Finding,
+    LabelLike,
+    ManifestLike,
+    ReportInput,
+    report_uids,
+    untrained_notice,
+)
+from workers.outputs.headers import (
+    copy_patient_and_study,
+    first_of_study,
+    int_value,
+    quiet,
+    safe_reason,
+    stand_in,
+    unique_headers,
+)
+from workers.outputs.library import image_library
+from workers.outputs.reader import ReportedFinding, read_findings
 
+__all__ = [
+    "PROFILE",
+    "Finding",
+    "ReportInput",
+    "ReportedFinding",
+    "build_tid1500",
+    "read_findings",
+]
+
+PROFILE = "tid1500"
 PROBABILITY = codes.DCM.Probability
 UNIT_ONE = hd.sr.CodedConcept("1", "UCUM", "no units")
 PRESENT = codes.SCT.Present
@@ -36,128 +65,63 @@ ABSENT = codes.SCT.Absent
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 SERIES_NUMBER = 9901
 MANUFACTURER = "dicom-node"
+UNTRAINED_TAG = "UNTRAINED"
+INTENDED_USE_CHARS = 200
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One label's result for a study.
-
-    Attributes
-    ----------
-    label : Label
-        The manifest label (code and threshold).
-    probability : float
-        Model output in [0, 1] (sigmoid), the maximum over the study's images.
-    source : Dataset
-        Header of the image that gave ``probability``.
-    """
-
-    label: Label
-    probability: float
-    source: Dataset
-
-    @property
-    def present(self) -> bool:
-        """Whether the probability reaches the label's operating threshold."""
-        return self.probability >= self.label.threshold
-
-
-def report_uids(
-    study_uid: str, generation: int, manifest: Manifest, weights: WeightsInfo
-) -> tuple[str, str]:
-    """Deterministic (Series Instance UID, SOP Instance UID) of a study's report."""
-    sources = [study_uid, str(generation), manifest.id, manifest.version, weights.sha256]
-    return derived_uid(*sources, "series"), derived_uid(*sources, "instance")
-
-
-def _concept(label: Label) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(label.code.value, label.code.scheme, label.code.meaning)
-
-
-def build_report(
-    findings: Sequence[Finding],
-    evidence: Sequence[Dataset],
-    manifest: Manifest,
-    weights: WeightsInfo,
-    study_uid: str,
-    generation: int,
-) -> Dataset:
-    """Build the SR for a study.
+def build_tid1500(inp: ReportInput) -> Dataset:
+    """Build the TID 1500 Comprehensive 3D SR of one analysis.
 
     Parameters
     ----------
-    findings : sequence of Finding
-        One per manifest label, in order.
-    evidence : sequence of Dataset
-        Headers of the images the model ran on (same study); the SR copies
-        patient and study from the first and references all of them.
-    manifest, weights
-        The model and its weights; untrained weights are named so in the
-        algorithm name, the series description and the observer name.
-    study_uid : str
-        Study Instance UID.
-    generation : int
-        Ledger generation of the study, part of the deterministic UIDs.
+    inp : ReportInput
+        Findings, evidence headers, manifest, weights, backend, study UID and generation.
 
     Returns
     -------
     pydicom.Dataset
-        The Comprehensive 3D SR instance.
+        The SR instance (highdicom ``Comprehensive3DSR``), Explicit VR Little Endian,
+        with file meta; patient and study modules copied from the first evidence image
+        of the study, Other Patient IDs included.
 
     Raises
     ------
     ReportError
-        If highdicom rejects the content.
+        If the input is inconsistent (see :meth:`ReportInput.reported`), no finding is
+        reportable, no evidence image is of the study, a header lacks a UID, or
+        highdicom refuses the content. The message names the stage, the exception
+        class and at most a DICOM keyword, never a value from a source header.
     """
-    demo = not weights.is_real
-    algorithm_name = manifest.id + (" (UNTRAINED DEMO)" if demo else "")
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=algorithm_name,
-        version=manifest.version,
-        parameters=[f"weights sha256 {weights.sha256}", f"weights {weights.kind}"],
-    )
-    series_uid, sop_uid = report_uids(study_uid, generation, manifest, weights)
+    with quiet():
+        report = _build(inp)
+    _declare_local_schemes(report, inp.manifest)
+    return report
+
+
+def _build(inp: ReportInput) -> Dataset:
+    findings = inp.reported()
+    if not findings:
+        raise ReportError(f"model {inp.manifest.id}: no reportable finding")
+    series_uid, sop_uid = report_uids(inp, PROFILE)
+    evidence = unique_headers([*inp.evidence, *(s for f in findings for s in f.sources)])
+    primary = first_of_study(evidence, inp.study_uid)
+    ordered = [primary, *(ds for ds in evidence if ds is not primary)]
+    sources = unique_headers(s for f in findings for s in f.sources)
+    stage = "measurement groups"
     try:
-        groups = [
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derived_uid(sop_uid, finding.label.name),
-                    identifier=finding.label.name,
-                ),
-                finding_type=_concept(finding.label),
-                algorithm_id=algorithm,
-                source_images=[
-                    hd.sr.SourceImageForMeasurementGroup.from_source_image(finding.source)
-                ],
-                measurements=[
-                    hd.sr.Measurement(
-                        name=PROBABILITY, value=round(float(finding.probability), 6), unit=UNIT_ONE
-                    )
-                ],
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        name=_concept(finding.label), value=PRESENT if finding.present else ABSENT
-                    )
-                ],
-            )
-            for finding in findings
-        ]
-        observer = hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=derived_uid(manifest.id, weights.sha256),
-                name=(manifest.name + (" UNTRAINED" if demo else ""))[:64],
-                manufacturer_name=MANUFACTURER,
-                model_name=manifest.id,
-            ),
-        )
+        algorithm = algorithm_identification(inp)
+        labels = _scope_labels(inp, findings)
+        groups = [_group(f, sop_uid, algorithm, labels) for f in findings]
         content = hd.sr.MeasurementReport(
-            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            observation_context=hd.sr.ObservationContext(observer_device_context=_observer(inp)),
             procedure_reported=IMAGING_PROCEDURE,
             imaging_measurements=groups,
         )
+        stage = "image library"
+        _insert_before_measurements(content, image_library(sources))
+        stage = "document"
         report = hd.sr.Comprehensive3DSR(
-            evidence=list(evidence),
+            evidence=[stand_in(ds) for ds in ordered],
             content=content,
             series_instance_uid=series_uid,
             series_number=SERIES_NUMBER,
@@ -165,21 +129,146 @@ def build_report(
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
-            series_description=(
-                f"AI CXR - {UNTRAINED_NOTICE}" if demo else f"AI CXR findings {manifest.id}"
-            )[:64],
+            series_description=series_description(inp),
         )
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ReportError(f"cannot build SR for study {study_uid}: {exc}") from exc
-    _declare_local_schemes(report, manifest)
+        stage = "patient and study"
+        copy_patient_and_study(report, primary)
+    except ReportError:
+        raise
+    except Exception as exc:
+        raise ReportError(
+            f"cannot build {PROFILE} SR for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
+        ) from exc
     return report
 
 
-def _declare_local_schemes(report: Dataset, manifest: Manifest) -> None:
-    """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1)."""
-    local = sorted(
-        {label.code.scheme for label in manifest.labels if label.code.scheme[:2] == "99"}
+def series_description(inp: ReportInput) -> str:
+    """Series description: "AI <model name>", plus the whole untrained notice if not real.
+
+    Returns
+    -------
+    str
+        At most 64 characters (LO).
+    """
+    text = f"AI {inp.manifest.name}"
+    if not inp.is_demo:
+        return text[:64]
+    notice = untrained_notice()
+    return f"{text[: 64 - len(notice) - 3].rstrip()} - {notice}"
+
+
+def algorithm_identification(inp: ReportInput) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 for the model: id (+ UNTRAINED), version, weights, backend, model card."""
+    name = inp.manifest.id + (f" ({UNTRAINED_TAG} DEMO WEIGHTS)" if inp.is_demo else "")
+    parameters = [
+        f"weights sha256 {inp.weights.sha256}",
+        f"weights kind {inp.weights.kind}",
+        f"backend {inp.backend}",
+        *model_card_lines(inp.manifest),
+    ]
+    return hd.sr.AlgorithmIdentification(
+        name=name, version=inp.manifest.version, parameters=parameters
     )
+
+
+def model_card_lines(manifest: ManifestLike) -> list[str]:
+    """Short pointers to the model card: URL, reference, first part of the intended use."""
+    card = manifest.model_card
+    if card is None:
+        return []
+    lines = []
+    if card.url:
+        lines.append(f"model card {card.url}")
+    if card.reference:
+        lines.append(f"reference {card.reference}")
+    use = " ".join(card.intended_use.split())
+    if use:
+        if len(use) > INTENDED_USE_CHARS:
+            use = use[: INTENDED_USE_CHARS - 3].rsplit(" ", 1)[0] + "..."
+        lines.append(f"intended use {use}")
+    return lines
+
+
+def _observer(inp: ReportInput) -> hd.sr.ObserverContext:
+    suffix = f" {UNTRAINED_TAG}" if inp.is_demo else ""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid(inp.manifest.id, inp.weights.sha256),
+            name=inp.manifest.name[: 64 - len(suffix)] + suffix,
+            manufacturer_name=MANUFACTURER,
+            model_name=inp.manifest.id[:64],
+        ),
+    )
+
+
+def _concept(label: LabelLike) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(label.code.value, label.code.scheme, label.code.meaning)
+
+
+def _scope_labels(inp: ReportInput, findings: list[Finding]) -> dict[str | None, str]:
+    """Human-readable scope of each scope key: "" (study), "series 3", "image 12"."""
+    labels: dict[str | None, str] = {}
+    for finding in findings:
+        key = finding.scope_key
+        if key in labels:
+            continue
+        if key is None:
+            labels[key] = ""
+            continue
+        number = int_value(
+            finding.sources[0], "SeriesNumber" if inp.scope == "series" else "InstanceNumber"
+        )
+        ordinal = number if number is not None else len(labels) + 1
+        labels[key] = f"{'series' if inp.scope == 'series' else 'image'} {ordinal}"
+    return labels
+
+
+def _group(
+    finding: Finding,
+    sop_uid: str,
+    algorithm: hd.sr.AlgorithmIdentification,
+    scope_labels: dict[str | None, str],
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    label = finding.label
+    scope = scope_labels[finding.scope_key]
+    identifier = f"{label.name} ({scope})" if scope else label.name
+    probability = min(1.0, max(0.0, float(finding.probability)))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(sop_uid, finding.scope_key or "study", label.name),
+            identifier=identifier,
+        ),
+        finding_type=_concept(label),
+        algorithm_id=algorithm,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup.from_source_image(stand_in(ds))
+            for ds in unique_headers(finding.sources)
+        ],
+        measurements=[
+            hd.sr.Measurement(name=PROBABILITY, value=round(probability, 6), unit=UNIT_ONE)
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=_concept(label), value=PRESENT if finding.present else ABSENT
+            )
+        ],
+    )
+
+
+def _insert_before_measurements(content: hd.sr.MeasurementReport, item: Dataset) -> None:
+    """Put the Image Library where TID 1500 wants it: before Imaging Measurements."""
+    children = content[0].ContentSequence
+    at = next(
+        (i for i, child in enumerate(children) if child.name == codes.DCM.ImagingMeasurements),
+        len(children),
+    )
+    children.insert(at, item)
+
+
+def _declare_local_schemes(report: Dataset, manifest: ManifestLike) -> None:
+    """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1)."""
+    local = sorted({lb.code.scheme for lb in manifest.labels if lb.code.scheme[:2] == "99"})
     items = []
     for scheme in local:
         item = Dataset()
@@ -189,43 +278,3 @@ def _declare_local_schemes(report: Dataset, manifest: Manifest) -> None:
         items.append(item)
     if items:
         report.CodingSchemeIdentificationSequence = items
-
-
-@dataclass(frozen=True)
-class ReportedFinding:
-    """A finding read back from an SR (for display and tests)."""
-
-    finding: str
-    probability: float
-    evaluation: str
-
-
-def read_findings(report: Dataset) -> list[ReportedFinding]:
-    """Read the measurement groups of a TID 1500 SR built by :func:`build_report`.
-
-    Returns
-    -------
-    list of ReportedFinding
-        In document order.
-    """
-
-    def concept(item: Dataset) -> str:
-        return str(item.ConceptNameCodeSequence[0].CodeValue)
-
-    found: list[ReportedFinding] = []
-    for container in report.get("ContentSequence", []):
-        if concept(container) != "126010":  # Imaging Measurements
-            continue
-        for group in container.get("ContentSequence", []):
-            probability, name, evaluation = float("nan"), "", ""
-            for item in group.get("ContentSequence", []):
-                if item.ValueType == "NUM" and concept(item) == PROBABILITY.value:
-                    probability = float(item.MeasuredValueSequence[0].NumericValue)
-                elif item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeValue in (
-                    PRESENT.value,
-                    ABSENT.value,
-                ):
-                    name = str(item.ConceptNameCodeSequence[0].CodeMeaning)
-                    evaluation = str(item.ConceptCodeSequence[0].CodeMeaning)
-            found.append(ReportedFinding(name, probability, evaluation))
-    return found

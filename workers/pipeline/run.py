@@ -1,204 +1,144 @@
-"""One study through the model: select, decode, preprocess, infer, build the SR.
+"""Run one analysis: read, order, preprocess, infer in batches, aggregate.
 
-Pure functions of files and a loaded model, with no Celery in them, so tests
-and benchmarks call them directly. The Celery tasks in :mod:`workers.tasks.analyze.analyze`
-wrap them with ledger transitions.
+The model and its manifest decide everything here: the preprocessing steps,
+the input layout, the activation and the aggregation. Nothing names a model.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
-from pydicom.uid import generate_uid
+import numpy.typing as npt
+from models.contract import to_batch
+from pydicom import dcmread
 
 from dicom_node.core.errors import PixelDataError
-from models.manifest import Manifest
-from models.preprocessing.xrv import preprocess_xrv
-from models.backends.runtime import LoadedModel
-from models.weights.store.store import WeightsInfo
-from models.preprocessing.pixels import display_image
-from workers.outputs.tid1500 import Finding, build_report
+from models.backends import LoadedModel
+from models.preprocessing import Preprocessor
+from workers.pipeline.aggregate import Aggregate, aggregate
+from workers.pipeline.order import Image, group_by_series
 
 log = logging.getLogger(__name__)
 
+BATCH_SIZE = 16
+"""Images per backend call: bounds host and device memory for long CT series."""
+
 
 @dataclass
-class Analysis:
-    """Outcome of analysing a study.
+class Outcome:
+    """What an analysis produced.
 
     Attributes
     ----------
-    report : Dataset or None
-        The SR, or None when no instance applied.
-    findings : list of Finding
-        One per label (empty when no instance applied).
-    reason : str
-        Why there is no report (empty otherwise).
-    used : list of str
-        SOP Instance UIDs the model ran on.
+    aggregates : list of Aggregate
+        One per finding unit (image, series or study, as the manifest says).
+    images : list of Image
+        The images the model ran on, in inference order.
+    skipped : list of str
+        One line per image that could not be used: SOP Instance UID and why.
     timings : dict of str to float
-        Seconds per stage: ``select``, ``decode``, ``infer``, ``report``.
-    weights : WeightsInfo or None
-        The weights that produced the findings (None when the model did not run).
+        Seconds per stage: ``read``, ``preprocess``, ``infer``, ``aggregate``.
     """
 
-    report: Dataset | None
-    findings: list[Finding] = field(default_factory=list)
-    reason: str = ""
-    used: list[str] = field(default_factory=list)
+    aggregates: list[Aggregate] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    weights: WeightsInfo | None = None
 
 
-def select_applicable(
-    paths: Sequence[str], manifest: Manifest
-) -> tuple[list[tuple[Path, Dataset]], list[str]]:
-    """Read headers and keep the instances the model applies to.
+def read_images(paths: Sequence[str]) -> tuple[list[Image], list[str]]:
+    """Read the headers of an analysis's files.
 
     Returns
     -------
-    (list of (Path, Dataset), list of str)
-        Applicable instances with their headers, and one reason per skipped instance.
+    (list of Image, list of str)
+        Readable images, and one reason per unreadable file (file name and
+        exception class only: exception texts may quote attribute values).
     """
-    chosen: list[tuple[Path, Dataset]] = []
+    images: list[Image] = []
     skipped: list[str] = []
     for name in paths:
         path = Path(name)
         try:
-            header = dcmread(path, stop_before_pixels=True)
+            images.append(Image(path, dcmread(path, stop_before_pixels=True)))
         except Exception as exc:
-            skipped.append(f"{path.name}: unreadable ({exc.__class__.__name__})")
-            continue
-        applies, why = manifest.applies_to(header)
-        if applies:
-            chosen.append((path, header))
-        else:
-            skipped.append(f"{header.get('SOPInstanceUID', path.stem)}: {why}")
-    return chosen, skipped
+            skipped.append(f"{path.stem}: unreadable ({exc.__class__.__name__})")
+    return images, skipped
 
 
-def analyze(
-    study_uid: str,
-    generation: int,
-    paths: Sequence[str],
-    manifest: Manifest,
-    get_model: Callable[[], LoadedModel],
-) -> Analysis:
-    """Run the model on a study's applicable instances and build its SR.
+def _infer(model: LoadedModel, inputs: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    outputs = [
+        model.predict(to_batch(model.manifest, inputs[start : start + BATCH_SIZE]))
+        for start in range(0, len(inputs), BATCH_SIZE)
+    ]
+    return np.concatenate(outputs, axis=0)
+
+
+def run_analysis(model: LoadedModel, paths: Sequence[str]) -> Outcome:
+    """Run ``model`` on the images at ``paths`` and aggregate its outputs.
 
     Parameters
     ----------
-    study_uid : str
-        Study Instance UID.
-    generation : int
-        Ledger generation (part of the report UIDs).
+    model : LoadedModel
+        The model, its manifest and weights.
     paths : sequence of str
-        Spool files of the study.
-    manifest : Manifest
-        The model's manifest (applicability, labels, input spec).
-    get_model : callable
-        Returns the loaded model; called only if some instance applies.
+        Spool files the router chose for this model.
 
     Returns
     -------
-    Analysis
-        Report and findings, or the reason there is none.
+    Outcome
+        Aggregates, the images used, the images skipped and stage timings.
 
     Raises
     ------
     PixelDataError
-        If no applicable instance could be decoded.
-    ModelError, ReportError
-        From the model or the SR builder.
+        If no image could be read and preprocessed.
+    ModelError
+        From the input contract check or the backend.
     """
-    timings: dict[str, float] = {}
+    manifest = model.manifest
+    outcome = Outcome()
     started = time.perf_counter()
-    chosen, skipped = select_applicable(paths, manifest)
-    timings["select"] = time.perf_counter() - started
-    for reason in skipped:
-        log.info("study %s: not applicable to %s: %s", study_uid, manifest.id, reason)
-    if not chosen:
-        return Analysis(None, reason="no applicable model", timings=timings)
+    images, outcome.skipped = read_images(paths)
+    series = group_by_series(images, sort=manifest.aggregation.slice_order == "patient_axis")
+    ordered = [image for group in series.values() for image in group]
+    outcome.timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    inputs, headers = [], []
-    height = manifest.input.shape[1]
-    for path, header in chosen:
+    preprocess = Preprocessor.from_manifest(manifest)
+    inputs: list[npt.NDArray[np.float32]] = []
+    for image in ordered:
         try:
-            image = display_image(dcmread(path))
+            inputs.append(preprocess(dcmread(image.path)))
+            outcome.images.append(image)
         except PixelDataError as exc:
-            log.warning(
-                "study %s: SOP Instance %s skipped: %s", study_uid, header.SOPInstanceUID, exc
-            )
-            continue
-        inputs.append(preprocess_xrv(image, height))
-        headers.append(header)
-    timings["decode"] = time.perf_counter() - started
+            outcome.skipped.append(f"{image.sop_instance_uid}: {exc}")
+        except Exception as exc:  # a malformed image must not sink the others
+            outcome.skipped.append(f"{image.sop_instance_uid}: {exc.__class__.__name__}")
+    outcome.timings["preprocess"] = time.perf_counter() - started
+    for line in outcome.skipped:
+        log.warning("model %s: image skipped: %s", manifest.id, line)
     if not inputs:
-        raise PixelDataError(f"study {study_uid}: no applicable image could be decoded")
-
-    model = get_model()
-    started = time.perf_counter()
-    probabilities = model.classifier.predict(np.concatenate(inputs, axis=0))
-    timings["infer"] = time.perf_counter() - started
+        raise PixelDataError(f"none of {len(paths)} images could be used")
 
     started = time.perf_counter()
-    best = probabilities.argmax(axis=0)  # per label, the image with the highest probability
-    findings = [
-        Finding(label, float(probabilities[best[i], i]), headers[int(best[i])])
-        for i, label in enumerate(manifest.labels)
-    ]
-    report = build_report(findings, headers, manifest, model.weights, study_uid, generation)
-    timings["report"] = time.perf_counter() - started
-    return Analysis(
-        report,
-        findings,
-        used=[str(h.SOPInstanceUID) for h in headers],
-        timings=timings,
-        weights=model.weights,
+    probabilities = _infer(model, inputs)
+    outcome.timings["infer"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    used = {id(i) for i in outcome.images}
+    kept = {uid: [i for i in group if id(i) in used] for uid, group in series.items()}
+    outcome.aggregates = aggregate(
+        manifest.aggregation.scope,
+        manifest.aggregation.reduce,
+        outcome.images,
+        probabilities,
+        {uid: group for uid, group in kept.items() if group},
     )
-
-
-def synthetic_header() -> Dataset:
-    """A minimal, PHI-free CR image header used only to warm up the SR builder."""
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "CR"
-    ds.PatientName = "WARMUP"
-    ds.PatientID = "WARMUP"
-    for keyword in (
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "ReferringPhysicianName",
-        "StudyID",
-        "AccessionNumber",
-    ):
-        setattr(ds, keyword, "")
-    return ds
-
-
-def warm_up(model: LoadedModel) -> None:
-    """Run one inference and build one SR on synthetic input, so the first study is fast.
-
-    The first SR highdicom builds in a process loads its copy of the standard
-    (about a second); the first inference allocates the backend's buffers.
-    """
-    _, height, width = model.manifest.input.shape
-    probabilities = model.classifier.predict(np.zeros((1, 1, height, width), np.float32))
-    header = synthetic_header()
-    findings = [
-        Finding(label, float(probabilities[0, i]), header)
-        for i, label in enumerate(model.manifest.labels)
-    ]
-    build_report(findings, [header], model.manifest, model.weights, header.StudyInstanceUID, 0)
+    outcome.timings["aggregate"] = time.perf_counter() - started
+    return outcome

@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger, run from code by :mod:`..migrate` (no alembic.ini)."""

@@ -1,0 +1,178 @@
+"""What goes into the ledger and the read-only snapshots that come out of it.
+
+All times are epoch seconds (float); None until the event happened.
+Snapshots are frozen copies of rows: changing the ledger never changes one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Self
+
+from dicom_node.core.ledger.states import AnalysisState, DeliveryState, ReportState, StudyState
+
+UNTRAINED = "untrained-demo"
+"""``weights_kind`` of weights that were never trained (demo only)."""
+
+
+def _copy(cls: type[Any], row: Mapping[Any, Any], state: Any) -> dict[str, Any]:
+    values = {f.name: row[f.name] for f in fields(cls)}
+    values["state"] = state(row["state"])
+    return values
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the C-STORE handler knows about a durably stored instance (UIDs and AE only)."""
+
+    study_uid: str
+    series_uid: str | None
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: str
+    calling_ae: str | None
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """One model that routing chose for a study generation.
+
+    Attributes
+    ----------
+    model_id, model_version : str
+        Manifest id and version.
+    n_instances : int
+        How many of the study's instances the model runs on.
+    """
+
+    model_id: str
+    model_version: str
+    n_instances: int
+
+
+@dataclass(frozen=True)
+class StudySnapshot:
+    """A study's current generation.
+
+    ``finished_at`` is when it became routed, not_applicable or failed.
+    """
+
+    study_uid: str
+    state: StudyState
+    generation: int
+    reason: str | None
+    calling_ae: str | None
+    instance_count: int
+    first_received_at: float
+    last_received_at: float
+    queued_at: float | None
+    finished_at: float | None
+    task_id: str | None
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Self:
+        """Copy a ``studies`` row."""
+        return cls(**_copy(cls, row, StudyState))
+
+
+@dataclass(frozen=True)
+class AnalysisSnapshot:
+    """One model's analysis of one study generation.
+
+    ``queued_at`` is when routing created it, ``started_at`` when a worker
+    claimed it, ``finished_at`` when it reached a final state.
+    """
+
+    id: int
+    study_uid: str
+    generation: int
+    model_id: str
+    model_version: str
+    state: AnalysisState
+    reason: str | None
+    backend: str | None
+    weights_kind: str | None
+    weights_sha256: str | None
+    task_id: str | None
+    n_instances: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def untrained(self) -> bool:
+        """Whether it ran (or runs) on untrained demo weights."""
+        return self.weights_kind == UNTRAINED
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Self:
+        """Copy an ``analyses`` row."""
+        return cls(**_copy(cls, row, AnalysisState))
+
+
+@dataclass(frozen=True)
+class ReportSnapshot:
+    """One report file of an analysis in one output profile (e.g. ``tid1500``).
+
+    ``series_instance_uid`` is None only for reports migrated from release 0.1.0.
+    """
+
+    id: int
+    analysis_id: int
+    profile: str
+    sop_instance_uid: str
+    series_instance_uid: str | None
+    path: str
+    state: ReportState
+    created_at: float
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Self:
+        """Copy a ``reports`` row."""
+        return cls(**_copy(cls, row, ReportState))
+
+
+@dataclass(frozen=True)
+class DeliverySnapshot:
+    """Sending one report to one destination (``AE@host:port`` or ``outbox``)."""
+
+    id: int
+    report_id: int
+    destination: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    created_at: float
+    last_attempt_at: float | None
+    delivered_at: float | None
+
+    @classmethod
+    def of(cls, row: Mapping[Any, Any]) -> Self:
+        """Copy a ``deliveries`` row."""
+        return cls(**_copy(cls, row, DeliveryState))
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """A report and its deliveries (oldest first)."""
+
+    report: ReportSnapshot
+    deliveries: tuple[DeliverySnapshot, ...]
+
+
+@dataclass(frozen=True)
+class AnalysisView:
+    """An analysis and its reports (oldest first)."""
+
+    analysis: AnalysisSnapshot
+    reports: tuple[ReportView, ...]
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A study and its analyses: newest generation first, then by model id."""
+
+    study: StudySnapshot
+    analyses: tuple[AnalysisView, ...]

@@ -1,0 +1,231 @@
+"""Studies and their instances: receiving, generations, completion, reading the fan-out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select, update
+
+from dicom_node.core.ledger.base import LedgerBase, guard, rowcount, transition_values
+from dicom_node.core.ledger.records import InstanceRecord, StudyView
+from dicom_node.core.ledger.schema import analyses, instances, studies
+from dicom_node.core.ledger.states import AnalysisState, Level, StudyState
+from dicom_node.core.ledger.views import study_views
+
+_A, _S = AnalysisState, StudyState
+
+
+class StudyRows(LedgerBase):
+    """Ledger methods on studies and instances."""
+
+    def record_instance(self, rec: InstanceRecord, now: float | None = None) -> bool:
+        """Record a durably stored instance and (re)open its study for receiving.
+
+        Parameters
+        ----------
+        rec : InstanceRecord
+            The stored instance.
+        now : float, optional
+            Epoch seconds; defaults to ``time.time()``.
+
+        Returns
+        -------
+        bool
+            True if the instance is new; False for a re-send of a known SOP
+            Instance UID (its file was replaced; the study is not reopened). A
+            new instance for a study that left ``receiving`` reopens it as the
+            next generation and supersedes its queued and running analyses.
+        """
+        now = time.time() if now is None else now
+        s = studies.c
+        with self._tx() as conn:
+            self._insert_ignore(
+                conn,
+                studies,
+                {
+                    "study_uid": rec.study_uid,
+                    "state": _S.RECEIVING,
+                    "generation": 1,
+                    "calling_ae": rec.calling_ae,
+                    "instance_count": 0,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                },
+            )
+            new = self._insert_ignore(
+                conn,
+                instances,
+                {
+                    "sop_instance_uid": rec.sop_instance_uid,
+                    "study_uid": rec.study_uid,
+                    "series_uid": rec.series_uid,
+                    "sop_class_uid": rec.sop_class_uid,
+                    "transfer_syntax_uid": rec.transfer_syntax_uid,
+                    "path": rec.path,
+                    "calling_ae": rec.calling_ae,
+                    "received_at": now,
+                },
+            )
+            this = studies.c.study_uid == rec.study_uid
+            if not new:
+                conn.execute(
+                    update(studies)
+                    .where(this, s.state == _S.RECEIVING)
+                    .values(last_received_at=now)
+                )
+                return False
+            reopened = conn.execute(
+                update(studies)
+                .where(this, guard(Level.STUDY, _S.RECEIVING))
+                .values(
+                    state=_S.RECEIVING,
+                    generation=s.generation + 1,
+                    reason=None,
+                    task_id=None,
+                    queued_at=None,
+                    finished_at=None,
+                )
+            )
+            conn.execute(
+                update(studies)
+                .where(this)
+                .values(
+                    last_received_at=now,
+                    instance_count=s.instance_count + 1,
+                    calling_ae=rec.calling_ae,
+                )
+            )
+            if rowcount(reopened):
+                conn.execute(
+                    update(analyses)
+                    .where(
+                        analyses.c.study_uid == rec.study_uid,
+                        guard(Level.ANALYSIS, _A.SUPERSEDED),
+                    )
+                    .values(transition_values(Level.ANALYSIS, _A.SUPERSEDED, {}, now))
+                )
+            return True
+
+    def due_studies(self, quiet_seconds: float, now: float | None = None) -> list[tuple[str, int]]:
+        """Studies in ``receiving`` with no instance for ``quiet_seconds``.
+
+        Returns
+        -------
+        list of (str, int)
+            Study Instance UID and generation, oldest first.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(studies.c.study_uid, studies.c.generation)
+                .where(studies.c.state == _S.RECEIVING)
+                .where(studies.c.last_received_at <= now - quiet_seconds)
+                .order_by(studies.c.last_received_at)
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def instance_paths(self, study_uid: str) -> list[str]:
+        """Spool paths of a study's instances, in arrival order."""
+        with self._tx() as conn:
+            return list(
+                conn.scalars(
+                    select(instances.c.path)
+                    .where(instances.c.study_uid == study_uid)
+                    .order_by(instances.c.received_at, instances.c.sop_instance_uid)
+                )
+            )
+
+    def transition_study(
+        self,
+        study_uid: str,
+        generation: int,
+        to: StudyState,
+        *,
+        received_before: float | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a study's ``generation`` to ``to``, if the transition table allows it.
+
+        Parameters
+        ----------
+        study_uid : str
+            Study Instance UID.
+        generation : int
+            The generation the caller acts on.
+        to : StudyState
+            New state. ``queued`` sets ``queued_at``; ``routed``,
+            ``not_applicable`` and ``failed`` set ``finished_at``.
+        received_before : float, optional
+            Epoch seconds; if given, the study's last instance must be older.
+        **fields
+            ``reason``, ``task_id`` or ``calling_ae``.
+
+        Returns
+        -------
+        bool
+            Whether the row changed. False: a newer generation exists, or the
+            study is in a state the table does not allow to move to ``to``;
+            the caller must stop.
+
+        Raises
+        ------
+        TypeError
+            If ``fields`` names another column.
+        """
+        stmt = update(studies).where(
+            studies.c.study_uid == study_uid,
+            studies.c.generation == generation,
+            guard(Level.STUDY, to),
+        )
+        if received_before is not None:
+            stmt = stmt.where(studies.c.last_received_at <= received_before)
+        values = transition_values(Level.STUDY, to, fields, time.time())
+        with self._tx() as conn:
+            return bool(rowcount(conn.execute(stmt.values(values))))
+
+    def reopen_unsent(self) -> int:
+        """Return studies stuck in ``queued`` without a sent task to ``receiving``.
+
+        A crash between marking a study queued and publishing its task leaves
+        ``task_id`` empty; the completion monitor calls this at start-up so such
+        studies are enqueued again (same generation).
+
+        Returns
+        -------
+        int
+            How many studies were reopened.
+        """
+        with self._tx() as conn:
+            result = conn.execute(
+                update(studies)
+                .where(studies.c.state == _S.QUEUED, studies.c.task_id.is_(None))
+                .where(guard(Level.STUDY, _S.RECEIVING))
+                .values(transition_values(Level.STUDY, _S.RECEIVING, {}, time.time()))
+            )
+            return rowcount(result)
+
+    def get(self, study_uid: str) -> StudyView | None:
+        """One study with its analyses, reports and deliveries, or None."""
+        with self._tx() as conn:
+            rows = (
+                conn.execute(select(studies).where(studies.c.study_uid == study_uid))
+                .mappings()
+                .all()
+            )
+            views = study_views(conn, rows)
+        return views[0] if views else None
+
+    def studies(self, limit: int = 100) -> list[StudyView]:
+        """The ``limit`` most recently active studies (last instance received) first."""
+        with self._tx() as conn:
+            rows = (
+                conn.execute(
+                    select(studies)
+                    .order_by(studies.c.last_received_at.desc(), studies.c.study_uid)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+            return study_views(conn, rows)

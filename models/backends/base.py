@@ -1,0 +1,143 @@
+"""What every backend provides, and the loaded model that wraps one.
+
+A backend loader turns (manifest, weights) into a :class:`Runner` that maps
+a batch in the manifest's layout to RAW outputs. :class:`LoadedModel` adds
+what is the same for every backend: the input contract before, the output
+shape check and the manifest's activation after (in numpy, in one place).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from dicom_node.core.errors import InferenceError
+from models.architectures import Architecture
+from models.contract import check_input
+from models.manifest import Activation, Manifest
+from models.weights import WeightsInfo
+
+
+class Runner(Protocol):
+    """A backend session over one model.
+
+    Attributes
+    ----------
+    name : str
+        Backend key ("onnxruntime", "torch").
+    device : str
+        "cuda" or "cpu".
+    """
+
+    name: str
+    device: str
+
+    def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Raw outputs ``(N, L) float32`` for a checked batch ``(N, *input.shape) float32``."""
+        ...
+
+
+BackendLoader = Callable[
+    [Manifest, WeightsInfo, Path, Mapping[str, Architecture] | None], Runner
+]
+"""``loader(manifest, weights, models_dir, architectures) -> Runner``; raises InferenceError."""
+
+
+def apply_activation(raw: npt.NDArray[np.floating], activation: Activation) -> npt.NDArray[np.float32]:
+    """Turn raw outputs into scores as the manifest says.
+
+    Parameters
+    ----------
+    raw : ndarray
+        ``(N, L)`` logits.
+    activation : {"sigmoid", "softmax", "none"}
+        Sigmoid per column, softmax over columns, or identity.
+
+    Returns
+    -------
+    ndarray
+        ``(N, L) float32``; probabilities in [0, 1] for sigmoid and softmax.
+    """
+    x = np.asarray(raw, dtype=np.float64)
+    if activation == "sigmoid":
+        out = np.exp(-np.logaddexp(0.0, -x))
+    elif activation == "softmax":
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        out = e / e.sum(axis=1, keepdims=True)
+    else:
+        out = x
+    return out.astype(np.float32)
+
+
+@dataclass
+class LoadedModel:
+    """A manifest, its weights and a ready backend.
+
+    Attributes
+    ----------
+    manifest : Manifest
+    weights : WeightsInfo
+    runner : Runner
+    """
+
+    manifest: Manifest
+    weights: WeightsInfo
+    runner: Runner
+
+    @property
+    def backend(self) -> str:
+        """The backend's key ("onnxruntime", "torch")."""
+        return self.runner.name
+
+    @property
+    def device(self) -> str:
+        """"cuda" or "cpu"."""
+        return self.runner.device
+
+    def raw(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Raw outputs ``(N, L) float32`` after the input contract check.
+
+        Raises
+        ------
+        InputContractError
+            See :func:`models.contract.check_input`.
+        InferenceError
+            If the backend fails or returns another shape or non-finite values.
+        """
+        check_input(self.manifest, batch)
+        out = np.asarray(self.runner.run(batch), dtype=np.float32)
+        expected = (batch.shape[0], len(self.manifest.labels))
+        if out.shape != expected:
+            raise InferenceError(
+                f"model {self.manifest.id}: {self.backend} returned shape {out.shape}, "
+                f"expected {expected}"
+            )
+        if not np.isfinite(out).all():
+            raise InferenceError(f"model {self.manifest.id}: {self.backend} returned NaN or inf")
+        return out
+
+    def predict(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Scores ``(N, L) float32``: input check, backend, then the manifest's activation.
+
+        Parameters
+        ----------
+        batch : ndarray
+            ``(N, *input.shape) float32`` in the manifest's layout (see
+            :func:`models.contract.to_batch`).
+
+        Returns
+        -------
+        ndarray
+            ``(N, L) float32``, column ``j`` is ``manifest.labels[j]``.
+
+        Raises
+        ------
+        InputContractError, InferenceError
+            See :meth:`raw`.
+        """
+        return apply_activation(self.raw(batch), self.manifest.output.activation)

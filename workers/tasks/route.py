@@ -1,0 +1,110 @@
+"""``route_study``: decide which models run on a complete study, and start one analysis each."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+
+from dicom_node.core.contract import ANALYZE_TASK, Analyze, RouteStudy, TaskOutcome, model_queue
+from dicom_node.core.ledger import AnalysisSpec, AnalysisState, StudyState
+from models.routing import read_headers, route
+from workers.context import current
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "no applicable model"
+
+
+def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
+    """Route a study: one analysis per matching model, each sent to ``infer.<model>``.
+
+    Parameters
+    ----------
+    task : celery.Task
+        The bound task (for its app).
+    request : RouteStudy
+        Study, generation, spool paths and calling AE.
+
+    Returns
+    -------
+    TaskOutcome
+        ``routed`` with the model ids, ``not_applicable``, or ``skipped`` when
+        the study has a newer generation.
+    """
+    ctx = current()
+    ledger = ctx.ledger
+    view = ledger.get(request.study_uid)
+    if (
+        view is None
+        or view.study.generation != request.generation
+        or view.study.state not in (StudyState.QUEUED, StudyState.ROUTED)
+    ):
+        log.info(
+            "study %s generation %d: superseded or done", request.study_uid, request.generation
+        )
+        return TaskOutcome(state="superseded", outcome="skipped")
+    instances, unreadable = read_headers(request.paths)
+    for line in unreadable:
+        log.warning("study %s: %s", request.study_uid, line)
+    plan = route(ctx.registry, instances, request.calling_ae, enabled=ctx.settings.enabled_models)
+    for series_uid, model_id, why in plan.rejections:
+        log.info("study %s series %s: not for %s: %s", request.study_uid, series_uid, model_id, why)
+    if not plan.matches:
+        ledger.transition_study(
+            request.study_uid, request.generation, StudyState.NOT_APPLICABLE, reason=NO_MODEL
+        )
+        log.info("study %s: %s", request.study_uid, NO_MODEL)
+        return TaskOutcome(state=StudyState.NOT_APPLICABLE.value, detail=NO_MODEL)
+    analyses = ledger.create_analyses(
+        request.study_uid,
+        request.generation,
+        [AnalysisSpec(m.model_id, m.version, len(m.paths)) for m in plan.matches],
+    )
+    paths = {m.model_id: m.paths for m in plan.matches}
+    try:
+        for analysis in analyses:
+            if analysis.state == AnalysisState.QUEUED:  # not started by an earlier run
+                _publish(
+                    task,
+                    request,
+                    analysis.id,
+                    analysis.model_id,
+                    analysis.model_version,
+                    paths[analysis.model_id],
+                )
+    except Exception as exc:  # the broker went away mid-way: the study waits, then goes on
+        log.warning(
+            "study %s: cannot publish its analyses (%s); retrying",
+            request.study_uid,
+            exc.__class__.__name__,
+        )
+        raise task.retry(exc=exc, countdown=5, max_retries=None) from exc
+    ledger.transition_study(request.study_uid, request.generation, StudyState.ROUTED)
+    models = ", ".join(m.model_id for m in plan.matches)
+    log.info("study %s routed to %s", request.study_uid, models)
+    return TaskOutcome(state=StudyState.ROUTED.value, detail=models)
+
+
+def _publish(
+    task: Task,
+    request: RouteStudy,
+    analysis_id: int,
+    model_id: str,
+    model_version: str,
+    paths: list[str],
+) -> None:
+    payload = Analyze(
+        analysis_id=analysis_id,
+        study_uid=request.study_uid,
+        generation=request.generation,
+        model_id=model_id,
+        model_version=model_version,
+        paths=paths,
+    )
+    task.app.send_task(
+        ANALYZE_TASK,
+        kwargs={"request": payload.model_dump(mode="json")},
+        task_id=payload.task_id,
+        queue=model_queue(model_id),
+    )
