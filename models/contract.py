@@ -18,10 +18,12 @@ from dicom_node.core.errors import InputContractError
 from models.manifest import Manifest
 
 RANGE_TOLERANCE = 1e-3
-"""Allowed excess over ``input.value_range``, as a fraction of its width (interpolation overshoot)."""
+"""Allowed excess over ``input.value_range``, as a fraction of its width (resize overshoot)."""
 
 
-def to_batch(manifest: Manifest, images: Sequence[npt.NDArray[np.floating]]) -> npt.NDArray[np.float32]:
+def to_batch(
+    manifest: Manifest, images: Sequence[npt.NDArray[np.floating]]
+) -> npt.NDArray[np.float32]:
     """Stack preprocessed images into a batch in the manifest's layout.
 
     Parameters

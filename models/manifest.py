@@ -19,8 +19,9 @@ Schema (keys of the YAML file)::
     output: {name, kind: class_scores, activation: sigmoid|softmax|none}
     aggregation: {scope: image|series|study, reduce: max|mean, slice_order: patient_axis|none}
     labels: [{name, code: {value, scheme, meaning}, threshold, report: true}]
-    routing: {rules: [{modalities, body_parts, view_positions, sop_classes, photometric_interpretations,
-                       calling_aes, study_description, series_description, attributes}]}
+    routing: {rules: [{modalities, body_parts, view_positions, sop_classes,
+                       photometric_interpretations, calling_aes, study_description,
+                       series_description, attributes}]}
     model_card: {intended_use, training_data, limitations, subgroup_caveats, reference, url,
                  output_interpretation}
     upstream, reference
@@ -320,7 +321,9 @@ def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
         Naming each invalid field and why.
     """
     if not isinstance(data, dict):
-        raise ManifestError(f"invalid manifest {source}: expected a mapping, got {type(data).__name__}")
+        raise ManifestError(
+            f"invalid manifest {source}: expected a mapping, got {type(data).__name__}"
+        )
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:

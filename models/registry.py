@@ -219,4 +219,3 @@ class ModelRegistry:
 
     def __len__(self) -> int:
         return len(self._by_id)
-

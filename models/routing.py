@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from models.manifest import Manifest, RoutingRule
 
@@ -36,6 +37,9 @@ NO_SERIES = "(no SeriesInstanceUID)"
 """Series key of instances whose header has no usable Series Instance UID."""
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 _SHOWN = 64  # characters of a header value quoted in a reason
+
+_Check = Callable[[Dataset, str | None], str | None]
+"""``check(header, calling_ae)``: None when the condition holds, else the reason."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,7 @@ def header_text(ds: Any, keyword: str) -> str:
             return ""
         if isinstance(value, bytes):
             value = value.decode("latin-1", "replace")
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if isinstance(value, (list, tuple, MultiValue)):
             return "\\".join(str(v).strip() for v in value).strip(" \x00")
         return str(value).strip(" \x00")
     except Exception:  # a malformed element: decoding errors of any kind
@@ -123,7 +127,7 @@ def _listed(values: list[str], shown: int = 8) -> str:
     return f"[{', '.join(values[: shown - 2])}, ... {len(values) - shown + 2} more]"
 
 
-def _in_list(keyword: str, allowed: list[str]) -> Callable[[Dataset, str | None], str | None]:
+def _in_list(keyword: str, allowed: list[str]) -> _Check:
     wanted = {a.strip().upper() for a in allowed}
 
     def check(ds: Dataset, calling_ae: str | None) -> str | None:
@@ -136,7 +140,7 @@ def _in_list(keyword: str, allowed: list[str]) -> Callable[[Dataset, str | None]
     return check
 
 
-def _calling_ae(allowed: list[str]) -> Callable[[Dataset, str | None], str | None]:
+def _calling_ae(allowed: list[str]) -> _Check:
     wanted = {a.strip().upper() for a in allowed}
 
     def check(ds: Dataset, calling_ae: str | None) -> str | None:
@@ -148,7 +152,7 @@ def _calling_ae(allowed: list[str]) -> Callable[[Dataset, str | None], str | Non
     return check
 
 
-def _regex(keyword: str, pattern: str) -> Callable[[Dataset, str | None], str | None]:
+def _regex(keyword: str, pattern: str) -> _Check:
     compiled = re.compile(pattern, re.IGNORECASE)
 
     def check(ds: Dataset, calling_ae: str | None) -> str | None:
@@ -160,8 +164,8 @@ def _regex(keyword: str, pattern: str) -> Callable[[Dataset, str | None], str | 
     return check
 
 
-def _checks(rule: RoutingRule) -> list[Callable[[Dataset, str | None], str | None]]:
-    checks = []
+def _checks(rule: RoutingRule) -> list[_Check]:
+    checks: list[_Check] = []
     for keyword, allowed in (
         ("Modality", rule.modalities),
         ("SOPClassUID", rule.sop_classes),
@@ -199,11 +203,28 @@ def rule_reason(rule: RoutingRule, ds: Dataset, calling_ae: str | None) -> str |
     str or None
         The first failing condition in plain words.
     """
-    for check in _checks(rule):
+    return _first_failure(_checks(rule), ds, calling_ae)
+
+
+def _first_failure(checks: list[_Check], ds: Dataset, calling_ae: str | None) -> str | None:
+    for check in checks:
         reason = check(ds, calling_ae)
         if reason is not None:
             return reason
     return None
+
+
+def _applies(rules: list[list[_Check]], ds: Dataset, calling_ae: str | None) -> str | None:
+    if not isinstance(ds, Dataset):
+        return "header unreadable"
+    reasons: list[str] = []
+    for checks in rules:
+        reason = _first_failure(checks, ds, calling_ae)
+        if reason is None:
+            return None
+        if reason not in reasons:
+            reasons.append(reason)
+    return " | ".join(reasons)
 
 
 def applies(manifest: Manifest, ds: Dataset, calling_ae: str | None) -> str | None:
@@ -211,16 +232,7 @@ def applies(manifest: Manifest, ds: Dataset, calling_ae: str | None) -> str | No
 
     When several rules fail, their distinct reasons are joined with ``" | "``.
     """
-    if not isinstance(ds, Dataset):
-        return "header unreadable"
-    reasons: list[str] = []
-    for rule in manifest.routing.rules:
-        reason = rule_reason(rule, ds, calling_ae)
-        if reason is None:
-            return None
-        if reason not in reasons:
-            reasons.append(reason)
-    return " | ".join(reasons)
+    return _applies([_checks(rule) for rule in manifest.routing.rules], ds, calling_ae)
 
 
 def route(
@@ -256,10 +268,11 @@ def route(
         series.setdefault(uid, []).append((str(path), ds))
     plan = RoutePlan()
     for manifest in manifests:
+        rules = [_checks(rule) for rule in manifest.routing.rules]
         paths: list[str] = []
         series_uids: list[str] = []
         for uid, members in series.items():
-            reasons = [applies(manifest, ds, calling_ae) for _, ds in members]
+            reasons = [_applies(rules, ds, calling_ae) for _, ds in members]
             chosen = [path for (path, _), why in zip(members, reasons, strict=True) if why is None]
             if chosen:
                 paths += chosen
@@ -313,7 +326,10 @@ def read_headers(
         except Exception as exc:
             skipped.append(f"{path}: unreadable ({exc.__class__.__name__})")
             continue
-        if header_text(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID") == DICOMDIR_SOP_CLASS:
+        if (
+            header_text(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID")
+            == DICOMDIR_SOP_CLASS
+        ):
             skipped.append(f"{path}: a DICOMDIR, not an instance")
             continue
         instances.append((str(path), ds))

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.core.settings import CONFIG_ENV, Peer, load_settings
 from dicom_node.core.errors import ConfigError
+from dicom_node.core.settings import CONFIG_ENV, Peer, load_settings
 
 
 def test_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,13 @@
-"""Manifests and the registry: shipped ones validate, bad ones are refused by name, site dirs load."""
+"""Manifests and registry: shipped ones validate, bad ones are refused by name, site dirs load."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import yaml
 from pydicom.sr import _concepts_dict
@@ -59,7 +60,8 @@ def test_chest_labels_thresholds_and_codes_are_upstream() -> None:
 
 
 def test_every_sct_code_is_in_dicoms_code_tables() -> None:
-    known = {value for entry in _concepts_dict.concepts["SCT"].values() for value in entry}
+    sct = cast(dict[str, dict[str, Any]], _concepts_dict.concepts["SCT"])
+    known = {value for entry in sct.values() for value in entry}
     for manifest in ModelRegistry.load(None).manifests():
         for label in manifest.labels:
             assert label.code.scheme in ("SCT", "99DCMNODE"), label
@@ -109,14 +111,18 @@ _DELETE = object()
         ("labels.0.threshold", 1.5, "label Atelectasis: threshold 1.5 must be in (0, 1)"),
         ("routing.rules", [], "routing.rules: List should have at least 1 item"),
         ("routing.rules.0.study_description", "ches(t", "invalid regular expression 'ches(t'"),
-        ("routing.rules.0.attributes", {"NoSuchKeyword": "x"}, "'NoSuchKeyword' is not a DICOM keyword"),
+        (
+            "routing.rules.0.attributes",
+            {"NoSuchKeyword": "x"},
+            "'NoSuchKeyword' is not a DICOM keyword",
+        ),
         ("model_card.intended_use", _DELETE, "model_card.intended_use: Field required"),
         ("preprocessing", [{"step": "sharpen"}], "preprocessing"),
         ("preprocessing", [{"no_step": 1}], "preprocessing[0] has no 'step' key"),
     ],
 )
 def test_a_bad_manifest_names_its_problem(path: str, value: Any, message: str) -> None:
-    with pytest.raises(ManifestError, match="invalid manifest bad.yaml") as caught:
+    with pytest.raises(ManifestError, match=r"invalid manifest bad\.yaml") as caught:
         parse_manifest(_mutate(chest_data(), path, value), "bad.yaml")
     assert message in str(caught.value)
 
@@ -135,10 +141,10 @@ def test_duplicate_labels_and_softmax_with_one_class_are_refused() -> None:
 
 def test_unreadable_files_are_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("id: [unclosed")
-    with pytest.raises(ManifestError, match="a.yaml: not YAML"):
+    with pytest.raises(ManifestError, match=r"a\.yaml: not YAML"):
         load_manifest(tmp_path / "a.yaml")
     (tmp_path / "b.yaml").write_text("- just\n- a list\n")
-    with pytest.raises(ManifestError, match="b.yaml: expected a mapping"):
+    with pytest.raises(ManifestError, match=r"b\.yaml: expected a mapping"):
         load_manifest(tmp_path / "b.yaml")
     with pytest.raises(ManifestError, match="cannot read manifest"):
         load_manifest(tmp_path / "missing.yaml")
@@ -168,7 +174,9 @@ def test_site_manifests_are_found_and_duplicates_refused(tmp_path: Path) -> None
 def test_architecture_keys_and_params_are_checked_by_the_registry() -> None:
     base = parse_manifest(chest_data())
     unknown = base.model_copy(update={"architecture": "resnet50"})
-    with pytest.raises(ManifestError, match=r"unknown architecture 'resnet50'; known: \['densenet121'"):
+    with pytest.raises(
+        ManifestError, match=r"unknown architecture 'resnet50'; known: \['densenet121'"
+    ):
         ModelRegistry([unknown])
     wrong = base.model_copy(update={"architecture_params": {"in_channels": 3}})
     with pytest.raises(ManifestError, match="in_channels 3 differs from the input's 1 channels"):
@@ -221,15 +229,21 @@ def test_to_batch_lays_out_nchw_and_nhwc(chest: Manifest) -> None:
 @pytest.mark.parametrize(
     ("batch", "message"),
     [
-        (np.zeros((2, 224, 224, 1), np.float32), "shape (2, 224, 224, 1), expected (N, 1, 224, 224)"),
+        (
+            np.zeros((2, 224, 224, 1), np.float32),
+            "shape (2, 224, 224, 1), expected (N, 1, 224, 224)",
+        ),
         (np.zeros((1, 224, 224), np.float32), "expected (N, 1, 224, 224) in NCHW layout"),
         (np.zeros((0, 1, 224, 224), np.float32), "empty batch (N = 0)"),
         (np.zeros((1, 1, 224, 224), np.float64), "dtype float64, expected float32"),
-        (np.full((1, 1, 224, 224), 1100.0, np.float32), "values in [1100, 1100], declared value_range [-1024, 1024]"),
+        (
+            np.full((1, 1, 224, 224), 1100.0, np.float32),
+            "values in [1100, 1100], declared value_range [-1024, 1024]",
+        ),
         (np.full((1, 1, 224, 224), np.nan, np.float32), "NaN or infinite"),
     ],
 )
-def test_check_input_refuses(chest: Manifest, batch: np.ndarray, message: str) -> None:  # type: ignore[type-arg]
+def test_check_input_refuses(chest: Manifest, batch: npt.NDArray[Any], message: str) -> None:
     with pytest.raises(InputContractError, match=re.escape(message)):
         check_input(chest, batch)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ def registry() -> ModelRegistry:
 
 def header(name: str) -> tuple[str, Dataset]:
     path = get_testdata_file(name)
-    assert path, name
+    assert isinstance(path, str), name
     return path, dcmread(path, stop_before_pixels=True)
 
 
@@ -73,7 +74,9 @@ def test_a_body_ct_is_not_a_head_ct(registry: ModelRegistry) -> None:
 
 
 def test_a_mixed_study_fans_out_one_match_per_model(registry: ModelRegistry) -> None:
-    instances = [header(n) for n in ("RG1_UNCR.dcm", "693_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm")]
+    instances = [
+        header(n) for n in ("RG1_UNCR.dcm", "693_UNCR.dcm", "RG3_UNCR.dcm", "CT_small.dcm")
+    ]
     plan = route(registry, instances, "MODALITY")
     assert plan.model_ids == [ICH, MURA, CHEST]
     by_model = {m.model_id: m for m in plan.matches}
@@ -105,7 +108,9 @@ def _ct(**attrs: object) -> Dataset:
         {"SeriesDescription": "HEAD 5.0 J40s"},
     ],
 )
-def test_head_ct_by_body_part_or_description(registry: ModelRegistry, attrs: dict[str, str]) -> None:
+def test_head_ct_by_body_part_or_description(
+    registry: ModelRegistry, attrs: dict[str, str]
+) -> None:
     assert route(registry, [("x.dcm", _ct(**attrs))], None).model_ids == [ICH]
 
 
@@ -116,12 +121,17 @@ def test_localizers_of_a_head_ct_are_left_out(registry: ModelRegistry) -> None:
     plan = route(registry, [("axial.dcm", axial), ("scout.dcm", scout)], None)
     assert plan.matches[0].paths == ["axial.dcm"]
     (partial,) = [r for r in plan.rejections if r.model_id == ICH]
-    assert partial.reason.startswith("1 of 2 instances: ImageType 'ORIGINAL\\PRIMARY\\LOCALIZER' does not match")
+    assert partial.reason.startswith(
+        "1 of 2 instances: ImageType 'ORIGINAL\\PRIMARY\\LOCALIZER' does not match"
+    )
 
 
 def test_a_site_rule_on_the_calling_ae(tmp_path: Path) -> None:
     data = yaml.safe_load((MANIFEST_DIR / f"{CHEST}.yaml").read_text())
-    data |= {"id": "site-msk", "routing": {"rules": [{"modalities": ["CR"], "calling_aes": ["SITE_CR"]}]}}
+    data |= {
+        "id": "site-msk",
+        "routing": {"rules": [{"modalities": ["CR"], "calling_aes": ["SITE_CR"]}]},
+    }
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "site-msk.yaml").write_text(yaml.safe_dump(data))
     registry = ModelRegistry.load(tmp_path / "manifests")
@@ -146,14 +156,23 @@ def test_malformed_headers_are_rejections_not_errors(registry: ModelRegistry) ->
     broken = Dataset()
     broken.SeriesInstanceUID = "1.2.4"
     # Undecodable raw elements, as a careless modality writes them.
-    broken[Tag(0x0008, 0x0060)] = RawDataElement(Tag(0x0008, 0x0060), "CS", 4, b"\xff\xfe\x00\x01", 0, False, True)  # type: ignore[assignment]
-    broken[Tag(0x0018, 0x0015)] = RawDataElement(Tag(0x0018, 0x0015), "US", 3, b"\x01\x02\x03", 0, False, True)  # type: ignore[assignment]
+    broken[Tag(0x0008, 0x0060)] = RawDataElement(
+        Tag(0x0008, 0x0060), "CS", 4, b"\xff\xfe\x00\x01", 0, False, True
+    )
+    broken[Tag(0x0018, 0x0015)] = RawDataElement(
+        Tag(0x0018, 0x0015), "US", 3, b"\x01\x02\x03", 0, False, True
+    )
     wrong_type = Dataset()
     wrong_type.SeriesInstanceUID = "1.2.5"
     with pytest.warns(UserWarning, match="type 'int'"):
         wrong_type.add_new(0x00080060, "CS", 42)  # not text at all
-    instances = [("empty", empty), ("multi", multi), ("broken", broken), ("typed", wrong_type),
-                 ("none", None)]  # type: ignore[list-item]
+    instances: list[tuple[str, Any]] = [
+        ("empty", empty),
+        ("multi", multi),
+        ("broken", broken),
+        ("typed", wrong_type),
+        ("none", None),
+    ]
     plan = route(registry, instances, None)  # must not raise
     assert plan.model_ids == [CHEST]  # the multi-valued Modality matches CR
     series = {r.series_uid for r in plan.rejections}

@@ -1,8 +1,9 @@
-"""Backends: ONNX Runtime and PyTorch agree; the input contract runs first; activation in one place."""
+"""Backends: ORT and PyTorch agree; the input contract runs first; activation in one place."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +28,9 @@ def test_onnxruntime_and_torch_agree(
     ort = load_model(manifest, demo_weights, models_dir, "onnxruntime")
     torch = load_model(manifest, demo_weights, models_dir, "torch")
     assert (ort.backend, torch.backend) == ("onnxruntime", "torch")
-    assert ort.device in ("cpu", "cuda") and ort.weights == demo_weights and ort.manifest == manifest
+    assert (
+        ort.device in ("cpu", "cuda") and ort.weights == demo_weights and ort.manifest == manifest
+    )
     p_ort, p_torch = ort.predict(batch), torch.predict(batch)
     assert p_ort.shape == (3, 18) and p_ort.dtype == np.float32
     np.testing.assert_allclose(p_ort, p_torch, atol=1e-4, rtol=0)
@@ -66,11 +69,12 @@ def test_the_input_contract_is_checked_before_the_backend_runs(
 ) -> None:
     runner = _Recorder(np.zeros((1, 18), np.float32))
     model = LoadedModel(manifest, demo_weights, runner)
-    for bad in (
+    bad_batches: list[npt.NDArray[Any]] = [
         np.zeros((1, 224, 224, 1), np.float32),  # NHWC for an NCHW model
         np.zeros((1, 1, 224, 224), np.float64),
         np.full((1, 1, 224, 224), 5000, np.float32),
-    ):
+    ]
+    for bad in bad_batches:
         with pytest.raises(InputContractError):
             model.predict(bad)
     assert runner.calls == 0

@@ -116,9 +116,10 @@ def test_fetch_downloads_over_http(
     fake_checkpoint: Path, manifest: Manifest, tmp_path: Path, http_root: tuple[Path, str]
 ) -> None:
     root, base = http_root
-    (root / manifest.weights.filename).write_bytes(fake_checkpoint.read_bytes())
-    info = fetch_weights(manifest, tmp_path / "models", url=f"{base}/{manifest.weights.filename}")
-    assert info.origin == f"{base}/{manifest.weights.filename}"
+    name = manifest.weights.filename or "published.pt"
+    (root / name).write_bytes(fake_checkpoint.read_bytes())
+    info = fetch_weights(manifest, tmp_path / "models", url=f"{base}/{name}")
+    assert info.origin == f"{base}/{name}"
     assert info.source_sha256 == hashlib.sha256(fake_checkpoint.read_bytes()).hexdigest()
     assert not list((tmp_path / "models").rglob("*.download"))
 
@@ -163,7 +164,12 @@ def test_list_models(fake_checkpoint: Path, manifest: Manifest, tmp_path: Path) 
     assert {row.weights for row in rows.values()} == {NOT_INSTALLED}
     info = import_weights(fake_checkpoint, manifest, tmp_path)
     row = {r.model_id: r for r in list_models(registry, tmp_path)}[manifest.id]
-    assert (row.weights, row.format, row.sha256, row.note) == ("real", "safetensors", info.sha256, "")
+    assert (row.weights, row.format, row.sha256, row.note) == (
+        "real",
+        "safetensors",
+        info.sha256,
+        "",
+    )
 
 
 # Demo weights for any architecture -------------------------------------------
@@ -198,7 +204,7 @@ def test_demo_weights_for_three_channel_models(
     batch = np.random.default_rng(1).uniform(low, high, (3, *manifest.input.shape))
     scores = model.predict(batch.astype(np.float32))
     assert scores.shape == (3, len(manifest.labels)) and np.isfinite(scores).all()
-    assert 0.01 < float(scores.min()) and float(scores.max()) < 0.99
+    assert float(scores.min()) > 0.01 and float(scores.max()) < 0.99
     bigger = _small(manifest, 96)  # the manifest changed: demo weights are rebuilt
     assert resolve_weights(bigger, tmp_path / "a", allow_demo=True).origin != info.origin
 
@@ -213,21 +219,43 @@ ONNX_MANIFEST: dict[str, Any] = {
     "architecture": None,
     "upstream": "tests",
     "reference": "tests",
-    "weights": {"uri": None, "filename": "tiny.onnx", "sha256": None, "format": "onnx",
-                "license": "test"},
-    "input": {"name": "image", "layout": "NCHW", "shape": [1, 16, 16],
-              "value_range": [0, 1], "channels": ["gray"]},
+    "weights": {
+        "uri": None,
+        "filename": "tiny.onnx",
+        "sha256": None,
+        "format": "onnx",
+        "license": "test",
+    },
+    "input": {
+        "name": "image",
+        "layout": "NCHW",
+        "shape": [1, 16, 16],
+        "value_range": [0, 1],
+        "channels": ["gray"],
+    },
     "preprocessing": [{"step": "gray_to_rgb"}],
     "output": {"name": "logits", "activation": "softmax"},
     "labels": [
-        {"name": "Abnormal", "threshold": 0.5, "code": {"value": "T-ABN", "scheme": "99DCMNODE",
-                                                       "meaning": "Abnormal"}},
-        {"name": "Normal", "threshold": 0.5, "report": False,
-         "code": {"value": "T-NORM", "scheme": "99DCMNODE", "meaning": "Normal"}},
+        {
+            "name": "Abnormal",
+            "threshold": 0.5,
+            "code": {"value": "T-ABN", "scheme": "99DCMNODE", "meaning": "Abnormal"},
+        },
+        {
+            "name": "Normal",
+            "threshold": 0.5,
+            "report": False,
+            "code": {"value": "T-NORM", "scheme": "99DCMNODE", "meaning": "Normal"},
+        },
     ],
     "routing": {"rules": [{"modalities": ["CR"]}]},
-    "model_card": {"intended_use": "tests", "training_data": "none", "limitations": "none",
-                   "subgroup_caveats": "none", "reference": "tests"},
+    "model_card": {
+        "intended_use": "tests",
+        "training_data": "none",
+        "limitations": "none",
+        "subgroup_caveats": "none",
+        "reference": "tests",
+    },
 }
 
 
@@ -240,15 +268,23 @@ def onnx_manifest(**weights: Any) -> Manifest:
 def tiny_onnx(path: Path, input_name: str = "image") -> str:
     torch.manual_seed(3)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(4, 2),
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
     ).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.zeros(1, 1, 16, 16),), str(path), dynamo=False,
-            input_names=[input_name], output_names=["logits"],
-            dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}}, opset_version=17,
+            model,
+            (torch.zeros(1, 1, 16, 16),),
+            str(path),
+            dynamo=False,
+            input_names=[input_name],
+            output_names=["logits"],
+            dynamic_axes={input_name: {0: "N"}, "logits": {0: "N"}},
+            opset_version=17,
         )
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

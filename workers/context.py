@@ -13,12 +13,12 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-from models.registry import ModelRegistry
 
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.ledger import Ledger
 from dicom_node.core.settings import Settings, load_settings
 from models.backends import LoadedModel, load_model
+from models.registry import ModelRegistry
 from models.weights import UNTRAINED_NOTICE, resolve_weights
 
 log = logging.getLogger(__name__)

@@ -95,7 +95,10 @@ class DenseNet(nn.Module):
         for i, layers in enumerate(block_config, start=1):
             block = nn.Sequential(
                 OrderedDict(
-                    (f"denselayer{j + 1}", _DenseLayer(features + j * growth_rate, growth_rate, bn_size))
+                    (
+                        f"denselayer{j + 1}",
+                        _DenseLayer(features + j * growth_rate, growth_rate, bn_size),
+                    )
                     for j in range(layers)
                 )
             )

@@ -111,7 +111,9 @@ def load_model(
             log.warning("model %s: backend %s unavailable: %s", manifest.id, key, exc)
             failures.append(f"{key}: {exc}")
     if runner is None:
-        raise InferenceError(f"model {manifest.id}: no backend could load it ({'; '.join(failures)})")
+        raise InferenceError(
+            f"model {manifest.id}: no backend could load it ({'; '.join(failures)})"
+        )
     log.info(
         "model %s loaded: backend=%s device=%s weights=%s sha256=%s%s",
         manifest.id,

@@ -42,13 +42,13 @@ class Runner(Protocol):
         ...
 
 
-BackendLoader = Callable[
-    [Manifest, WeightsInfo, Path, Mapping[str, Architecture] | None], Runner
-]
+BackendLoader = Callable[[Manifest, WeightsInfo, Path, Mapping[str, Architecture] | None], Runner]
 """``loader(manifest, weights, models_dir, architectures) -> Runner``; raises InferenceError."""
 
 
-def apply_activation(raw: npt.NDArray[np.floating], activation: Activation) -> npt.NDArray[np.float32]:
+def apply_activation(
+    raw: npt.NDArray[np.floating], activation: Activation
+) -> npt.NDArray[np.float32]:
     """Turn raw outputs into scores as the manifest says.
 
     Parameters
@@ -96,7 +96,7 @@ class LoadedModel:
 
     @property
     def device(self) -> str:
-        """"cuda" or "cpu"."""
+        """Device the backend runs on: ``cuda`` or ``cpu``."""
         return self.runner.device
 
     def raw(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

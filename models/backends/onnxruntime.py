@@ -79,4 +79,6 @@ def load_onnxruntime(
     except InferenceError:
         raise
     except (DicomNodeError, Exception) as exc:
-        raise InferenceError(f"model {manifest.id}: cannot load ONNX Runtime engine: {exc}") from exc
+        raise InferenceError(
+            f"model {manifest.id}: cannot load ONNX Runtime engine: {exc}"
+        ) from exc

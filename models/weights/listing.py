@@ -51,6 +51,16 @@ class ModelRow:
     source: str
     note: str
 
+    def __str__(self) -> str:
+        sha = f" sha256 {self.sha256}" if self.sha256 else ""
+        pin = "pinned" if self.pinned else "unpinned"
+        kind = f"{self.weights} ({self.format})" if self.format else self.weights
+        note = f"  {self.note}" if self.note else ""
+        return (
+            f"{self.model_id} {self.version} [{self.task}, {self.architecture}]: "
+            f"{kind}{sha}, {pin}{note}"
+        )
+
 
 def list_models(registry: ModelRegistry, models_dir: Path) -> list[ModelRow]:
     """Known models and their installed weights, sorted by id.

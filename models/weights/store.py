@@ -49,6 +49,7 @@ from models.manifest import Manifest, WeightsFormat
 from models.weights.demo import demo_fingerprint, make_demo_weights
 from models.weights.info import (
     UNTRAINED_NOTICE,
+    StoredFormat,
     WeightsInfo,
     read_record,
     sha256_file,
@@ -232,9 +233,16 @@ def import_weights(
             target = directory / REAL_FILES["safetensors"]
             write_durably(target, data)
             sha = hashlib.sha256(data).hexdigest()
-        stored = "onnx" if fmt == "onnx" else "safetensors"
+        stored: StoredFormat = "onnx" if fmt == "onnx" else "safetensors"
         info = WeightsInfo(
-            manifest.id, "real", str(target), sha, source_sha, origin or source.name, time.time(), stored
+            manifest.id,
+            "real",
+            str(target),
+            sha,
+            source_sha,
+            origin or source.name,
+            time.time(),
+            stored,
         )
         write_record(info)
         for name in REAL_FILES.values():  # the other format's file is now stale
@@ -245,7 +253,7 @@ def import_weights(
 
 
 def _local_uri(uri: str | None, models_dir: Path) -> Path | None:
-    """The file a ``file://`` URI or a path relative to ``models_dir`` names; None if remote or null."""
+    """The file a ``file://`` URI or a path relative to ``models_dir`` names, else None."""
     if not uri:
         return None
     parsed = urllib.parse.urlparse(uri)
@@ -358,8 +366,12 @@ def resolve_weights(
     if local is not None and local.is_file():
         log.info("model %s: importing weights from %s", manifest.id, manifest.weights.uri)
         return import_weights(
-            local, manifest, models_dir, origin=str(manifest.weights.uri),
-            fmt=manifest.weights.format, architectures=architectures,
+            local,
+            manifest,
+            models_dir,
+            origin=str(manifest.weights.uri),
+            fmt=manifest.weights.format,
+            architectures=architectures,
         )
     if not allow_demo:
         raise WeightsUnavailableError(
