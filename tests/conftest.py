@@ -153,3 +153,19 @@ def require_tool(name: str) -> str:
 def dciodvfy_errors(path: Path) -> list[str]:
     out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
     return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+OLD_LEDGER_STUDIES = [f"1.2.826.0.1.3680043.8.498.{n}" for n in range(1, 6)]
+"""The studies of ``tests/data/ledger-0.1.0.sql``."""
+
+
+def old_ledger(directory: Path) -> Path:
+    """Write the ledger a 0.1.0 node wrote (``tests/data/ledger-0.1.0.sql``) into ``directory``."""
+    import sqlite3
+
+    directory.mkdir(parents=True, exist_ok=True)
+    dump = Path(__file__).parent / "data" / "ledger-0.1.0.sql"
+    path = directory / "ledger.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(dump.read_text())
+    return path

@@ -9,7 +9,7 @@ import pytest
 
 from dicom_node.app.cli import main
 from dicom_node.core.ledger import InstanceRecord, Ledger
-from tests.conftest import free_port
+from tests.conftest import free_port, old_ledger
 
 
 def test_bad_setting_is_a_clear_error(
@@ -70,20 +70,11 @@ def test_models_of_an_unknown_id(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 
 
-def _old_ledger(directory: Path) -> None:
-    """The ledger a 0.1.0 node wrote (tests/data/ledger-0.1.0.sql)."""
-    import sqlite3
-
-    dump = Path(__file__).parent / "data" / "ledger-0.1.0.sql"
-    with sqlite3.connect(directory / "ledger.sqlite") as db:
-        db.executescript(dump.read_text())
-
-
 def test_status_of_an_old_ledger_says_how_to_upgrade_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
-    _old_ledger(tmp_path)
+    old_ledger(tmp_path)
     assert main(["status"]) == 2
     assert "dicom-node ledger upgrade" in capsys.readouterr().err
     assert main(["ledger", "upgrade"]) == 0

@@ -15,10 +15,12 @@ import pytest
 from pydicom import Dataset, dcmread
 
 from tests.conftest import (
+    OLD_LEDGER_STUDIES,
     dciodvfy_errors,
     dcmtk_env,
     free_port,
     mixed_study,
+    old_ledger,
     require_tool,
     wait_for,
 )
@@ -212,6 +214,7 @@ def test_pacs_outage_delays_delivery_until_it_returns(
     tmp_path: Path, models_dir: Path, cr_path: Path
 ) -> None:
     pacs_port, received = free_port(), tmp_path / "pacs"
+    old_ledger(tmp_path / "node")  # `up` upgrades a 0.1.0 ledger in place
     proc, env = start_node(
         tmp_path,
         pacs_port,
@@ -222,6 +225,7 @@ def test_pacs_outage_delays_delivery_until_it_returns(
     )
     pacs = None
     try:
+        assert set(OLD_LEDGER_STUDIES) <= set(status(env))  # upgraded, still listed
         push(env["port"], cr_path)
         study = dcmread(cr_path, stop_before_pixels=True).StudyInstanceUID
 

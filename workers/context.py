@@ -37,6 +37,7 @@ class WorkerContext:
 
     def __init__(self, settings: Settings, model_ids: Sequence[str] | None = None) -> None:
         self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
         self.model_ids = list(model_ids or settings.enabled_models or self.registry.ids())
