@@ -116,10 +116,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:_SHOWN])
 
 
-def _shown(text: str) -> str:
-    return f"'{_printable(text)}'" if text else "(none)"
-
-
 def _listed(values: list[str], shown: int = 8) -> str:
     """``[A, B, C]``, or the first few and how many more for long lists."""
     if len(values) <= shown:
@@ -153,13 +149,16 @@ def _calling_ae(allowed: list[str]) -> _Check:
 
 
 def _regex(keyword: str, pattern: str) -> _Check:
+    """A pattern check. Its reason never quotes the value: free text (a description, or any
+    keyword a site names, even a patient's) may hold PHI, and reasons reach logs.
+    """
     compiled = re.compile(pattern, re.IGNORECASE)
 
     def check(ds: Dataset, calling_ae: str | None) -> str | None:
         text = header_text(ds, keyword)
         if compiled.search(text):
             return None
-        return f"{keyword} {_shown(text)} does not match /{pattern}/"
+        return f"{keyword} {'' if text else '(none) '}does not match /{pattern}/"
 
     return check
 

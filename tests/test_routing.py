@@ -70,7 +70,7 @@ def test_a_body_ct_is_not_a_head_ct(registry: ModelRegistry) -> None:
     assert plan.matches == []
     (reason,) = [r.reason for r in plan.rejections if r.model_id == ICH]
     assert "BodyPartExamined (none) not in [HEAD, BRAIN, SKULL]" in reason
-    assert "StudyDescription 'e+1' does not match" in reason and "FilterType" in reason
+    assert "StudyDescription does not match" in reason and "e+1" not in reason and "FilterType" in reason
 
 
 def test_a_mixed_study_fans_out_one_match_per_model(registry: ModelRegistry) -> None:
@@ -121,9 +121,7 @@ def test_localizers_of_a_head_ct_are_left_out(registry: ModelRegistry) -> None:
     plan = route(registry, [("axial.dcm", axial), ("scout.dcm", scout)], None)
     assert plan.matches[0].paths == ["axial.dcm"]
     (partial,) = [r for r in plan.rejections if r.model_id == ICH]
-    assert partial.reason.startswith(
-        "1 of 2 instances: ImageType 'ORIGINAL\\PRIMARY\\LOCALIZER' does not match"
-    )
+    assert partial.reason.startswith("1 of 2 instances: ImageType does not match")
 
 
 def test_a_site_rule_on_the_calling_ae(tmp_path: Path) -> None:
@@ -143,6 +141,22 @@ def test_a_site_rule_on_the_calling_ae(tmp_path: Path) -> None:
         (r.model_id, r.reason) for r in plan.rejections
     ]
     assert "calling AE (none)" in str(route(registry, [instance], None).rejections)
+
+
+def test_pattern_rejections_never_quote_the_value(tmp_path: Path) -> None:
+    """Free text may hold PHI: a rule on any keyword says which, never what the header held."""
+    data = yaml.safe_load((MANIFEST_DIR / f"{CHEST}.yaml").read_text())
+    data |= {
+        "id": "site-odd",
+        "routing": {"rules": [{"attributes": {"PatientName": "^ZZZ"}, "study_description": "x"}]},
+    }
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "site-odd.yaml").write_text(yaml.safe_dump(data))
+    path, ds = header("RG3_UNCR.dcm")
+    plan = route(ModelRegistry.load(tmp_path / "manifests"), [(path, ds)], None)
+    (reason,) = [r.reason for r in plan.rejections if r.model_id == "site-odd"]
+    assert "does not match" in reason
+    assert str(ds.PatientName) not in reason and str(ds.StudyDescription) not in reason
 
 
 def test_malformed_headers_are_rejections_not_errors(registry: ModelRegistry) -> None:
