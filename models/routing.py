@@ -149,8 +149,10 @@ def _calling_ae(allowed: list[str]) -> _Check:
 
 
 def _regex(keyword: str, pattern: str) -> _Check:
-    """A pattern check. Its reason never quotes the value: free text (a description, or any
-    keyword a site names, even a patient's) may hold PHI, and reasons reach logs.
+    """Build a pattern check.
+
+    Its reason never quotes the value: free text (a description, or any keyword a
+    site names, even a patient's) may hold PHI, and reasons reach logs.
     """
     compiled = re.compile(pattern, re.IGNORECASE)
 
