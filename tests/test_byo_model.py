@@ -119,9 +119,9 @@ model_card:
 def expected_probability(onnx_file: Path, image: Path, models_dir: Path) -> float:
     """ONNX Runtime on the manifest's preprocessing of ``image``, then softmax."""
     import onnxruntime as ort
-    from models.registry import ModelRegistry
 
     from models.preprocessing import Preprocessor
+    from models.registry import ModelRegistry
 
     manifest = ModelRegistry.load(models_dir / "manifests").get(MODEL_ID)
     chw = Preprocessor.from_manifest(manifest)(dcmread(image))

@@ -27,6 +27,8 @@ def _configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s",
     )
+    # Alembic narrates every revision check at INFO; our migrate module says what changed.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _cmd_up(settings: Settings, _: argparse.Namespace) -> int:
@@ -52,7 +54,6 @@ def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from models.registry import ModelRegistry
-
     from workers.app import run_worker
 
     if not settings.broker_url:
@@ -102,9 +103,8 @@ def _cmd_echo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
-    from models.registry import ModelRegistry
-
     from models import weights
+    from models.registry import ModelRegistry
 
     registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
     models_dir = settings.resolved_models_dir

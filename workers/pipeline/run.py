@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from models.contract import to_batch
 from pydicom import dcmread
 
 from dicom_node.core.errors import PixelDataError
 from models.backends import LoadedModel
+from models.contract import to_batch
 from models.preprocessing import Preprocessor
 from workers.pipeline.aggregate import Aggregate, aggregate
 from workers.pipeline.order import Image, group_by_series
