@@ -23,8 +23,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from torch import nn
 
-from tests.conftest import dciodvfy_errors, dcmtk_env, free_port, require_tool, wait_for
-from tests.test_e2e import start_node, start_pacs, status, stop_node
+from tests.conftest import dciodvfy_errors, free_port, wait_for
+from tests.test_e2e import push, start_node, start_pacs, status, stop_node
 from workers.outputs.tid1500 import read_findings
 
 pytestmark = pytest.mark.e2e
@@ -162,7 +162,7 @@ def test_an_onnx_model_added_by_manifest_alone(tmp_path: Path) -> None:
         assert sha256 in out.stdout
 
         tibia = Path(get_testdata_file("RG3_UNCR.dcm"))
-        push_as(env["port"], tibia, "SITE_CR")
+        push(env["port"], tibia, calling_ae="SITE_CR")
         (sr_file,) = wait_for(lambda: list(received.iterdir()), 120, "the SR")
         sr = dcmread(sr_file)
         (finding,) = read_findings(sr)  # "Normal" is not reported (report: false)
@@ -179,23 +179,3 @@ def test_an_onnx_model_added_by_manifest_alone(tmp_path: Path) -> None:
         stop_node(proc, env)
         pacs.terminate()
         pacs.wait(10)
-
-
-def push_as(port: str, path: Path, calling_ae: str) -> None:
-    out = subprocess.run(
-        [
-            require_tool("storescu"),
-            "-aet",
-            calling_ae,
-            "-aec",
-            "DICOM_NODE",
-            "127.0.0.1",
-            port,
-            str(path),
-        ],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr

@@ -97,3 +97,12 @@ def test_route_dry_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> No
     assert "RUN  mura-densenet169-abnormality" in out
     assert "SKIP" in out and "notes.txt" in out
     assert main(["route", str(tmp_path / "missing.dcm")]) == 2
+
+
+def test_up_with_an_unknown_model_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DICOM_NODE_MODELS", "xrv-densenet121-res224-all,no-such-model")
+    assert main(["up"]) == 2  # before Redis, the worker or the SCP start
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err

@@ -103,12 +103,13 @@ def stop_node(proc: subprocess.Popen[bytes], env: dict[str, str]) -> str:
     return text
 
 
-def push(port: str, *files: Path) -> None:
+def push(port: str, *files: Path, calling_ae: str = "MODALITY") -> None:
+    """dcmtk's storescu as the modality: all ``files`` in one association."""
     out = subprocess.run(
         [
             require_tool("storescu"),
             "-aet",
-            "MODALITY",
+            calling_ae,
             "-aec",
             "DICOM_NODE",
             "-xv",  # propose JPEG 2000 lossless and uncompressed

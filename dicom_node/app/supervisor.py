@@ -199,6 +199,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
     scp: StoreSCP | None = None
     try:
         upgrade_ledger(settings.resolved_ledger_url)
+        check_models(settings)
         broker_url = settings.broker_url
         if not broker_url:
             redis, broker_url = redis_child(settings)
@@ -228,6 +229,30 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
         for child in reversed(children):
             child.stop()
     return 0
+
+
+def check_models(settings: Settings) -> list[str]:
+    """Load every manifest and check ``DICOM_NODE_MODELS`` before any child starts.
+
+    Returns
+    -------
+    list of str
+        The model ids the node will route to and serve.
+
+    Raises
+    ------
+    ManifestError
+        If a manifest is invalid or an enabled id has none (a worker child
+        would otherwise exit and be restarted in a loop).
+    """
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
+    ids = settings.enabled_models or registry.ids()
+    for model_id in ids:
+        registry.get(model_id)
+    log.info("models: %s", ", ".join(ids))
+    return ids
 
 
 def _code(child: Child) -> Any:

@@ -66,5 +66,6 @@ def deliver(task: Task, request: Deliver) -> TaskOutcome:
         raise task.retry(exc=exc, countdown=delay) from exc
     ctx.ledger.record_delivery_attempt(request.delivery_id, error=None)
     ctx.ledger.transition_delivery(request.delivery_id, DeliveryState.DELIVERED)
-    log.info("delivery %d: report %s sent to %s", request.delivery_id, Path(where).stem, where)
+    report = Path(request.report_path).stem
+    log.info("delivery %d: report %s sent to %s", request.delivery_id, report, where)
     return TaskOutcome(state=DeliveryState.DELIVERED.value, detail=where)
