@@ -109,7 +109,12 @@ def test_storescu_study_is_durable_and_enqueued_once(
     # The J2K copy is stored as sent, compressed: bytes, not decoded pixels.
     j2k = dcmread(scp.spool.path_for(source.StudyInstanceUID, dcmread(cr_j2k_path).SOPInstanceUID))
     assert j2k.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
-    wait_for(lambda: sender.sent, 10, "the study's task")
+    # The monitor publishes, then records the task id: wait for both.
+    wait_for(
+        lambda: (v := scp.ledger.get(source.StudyInstanceUID)) and v.study.task_id,
+        10,
+        "the study's task",
+    )
     view = scp.ledger.get(source.StudyInstanceUID)
     assert view is not None and view.study.state is StudyState.QUEUED
     assert view.study.calling_ae == "MODALITY1" and view.study.instance_count == 2
