@@ -12,7 +12,6 @@ so do test stand-ins.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from dicom_node.core.uids import derived_uid
 Scope = Literal["image", "series", "study"]
 """Aggregation scope: one finding per image, per series, or per study and label."""
 
-UNTRAINED_FALLBACK = "UNTRAINED DEMO WEIGHTS - NOT FOR CLINICAL USE"
 TOLERANCE = 1e-6  # float32 rounding allowed outside [0, 1] before a probability is refused
 
 
@@ -312,13 +310,3 @@ def report_uids(inp: ReportInput, profile: str) -> tuple[str, str]:
         profile,
     )
     return derived_uid(*parts, "series"), derived_uid(*parts, "instance")
-
-
-def untrained_notice() -> str:
-    """The notice that marks untrained weights, as ``models.weights`` words it."""
-    for module in ("models.weights", "models.weights.store"):
-        try:
-            return str(importlib.import_module(module).UNTRAINED_NOTICE)
-        except (ImportError, AttributeError):
-            continue
-    return UNTRAINED_FALLBACK

@@ -28,13 +28,13 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.core.errors import ReportError
 from dicom_node.core.uids import derived_uid
+from models.weights import UNTRAINED_NOTICE
 from workers.outputs.findings import (
     Finding,
     LabelLike,
     ManifestLike,
     ReportInput,
     report_uids,
-    untrained_notice,
 )
 from workers.outputs.headers import (
     copy_patient_and_study,
@@ -153,7 +153,7 @@ def series_description(inp: ReportInput) -> str:
     text = f"AI {inp.manifest.name}"
     if not inp.is_demo:
         return text[:64]
-    notice = untrained_notice()
+    notice = UNTRAINED_NOTICE
     return f"{text[: 64 - len(notice) - 3].rstrip()} - {notice}"
 
 
