@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dicom_node.core.errors import ManifestError
+from models.preprocessing import validate_steps
 
 MANIFEST_DIR = Path(__file__).with_name("manifests")
 """Directory of the manifests shipped inside the package."""
@@ -260,9 +261,7 @@ class Manifest(_Strict):
         for i, step in enumerate(steps):
             if not isinstance(step.get("step"), str):
                 raise ValueError(f"preprocessing[{i}] has no 'step' key")
-        validate = _preprocessing_validator()
-        if validate is not None:
-            validate(steps)
+        validate_steps(steps)
         return steps
 
     @model_validator(mode="after")
@@ -294,15 +293,6 @@ class Manifest(_Strict):
     def weights_pinned(self) -> bool:
         """True when the manifest pins a sha256 for its weights."""
         return self.weights.sha256 is not None
-
-
-def _preprocessing_validator() -> Any:
-    """``models.preprocessing.validate_steps`` if that helper exists yet, else None."""
-    try:
-        from models import preprocessing
-    except ImportError:  # pragma: no cover - the package always exists
-        return None
-    return getattr(preprocessing, "validate_steps", None)
 
 
 def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
