@@ -153,8 +153,10 @@ def series_description(inp: ReportInput) -> str:
     text = f"AI {inp.manifest.name}"
     if not inp.is_demo:
         return text[:64]
-    notice = UNTRAINED_NOTICE
-    return f"{text[: 64 - len(notice) - 3].rstrip()} - {notice}"
+    room = 64 - len(UNTRAINED_NOTICE) - 3
+    if len(text) > room:  # cut at a word: "AI Chest X-ray", not "AI Chest X-ray Tor"
+        text = text[: room + 1].rsplit(" ", 1)[0] if " " in text[4 : room + 1] else text[:room]
+    return f"{text} - {UNTRAINED_NOTICE}"
 
 
 def algorithm_identification(inp: ReportInput) -> hd.sr.AlgorithmIdentification:
