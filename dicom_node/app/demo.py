@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ from dicom_node.app.echo_scu import echo
 from dicom_node.app.samples import mixed_study
 from dicom_node.app.supervisor import free_port, run_up
 from dicom_node.core import dimse
-from dicom_node.core.errors import DeliveryError, ServiceError
+from dicom_node.core.errors import ServiceError
 from dicom_node.core.settings import Peer, Settings
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,14 @@ def _expected_reports(settings: Settings, files: list[Path]) -> list[str]:
     instances, _ = read_headers([str(f) for f in files])
     plan = route(registry, instances, "DEMO_MODALITY", enabled=settings.enabled_models)
     return [m.model_id for m in plan.matches]
+
+
+def _listening(peer: Peer) -> bool:
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def run_demo(settings: Settings, timeout: float = 600.0) -> int:
@@ -78,14 +87,12 @@ def run_demo(settings: Settings, timeout: float = 600.0) -> int:
         try:
             me = Peer(node_settings.ae_title, "127.0.0.1", node_settings.port)
             deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    echo(me, "DEMO_MODALITY", timeout=2)
-                    break
-                except DeliveryError:
-                    if time.monotonic() > deadline or not node.is_alive():
-                        raise ServiceError("node did not start") from None
-                    time.sleep(0.2)
+            while not _listening(me):  # a plain TCP probe: pynetdicom logs refusals as ERROR
+                if time.monotonic() > deadline or not node.is_alive():
+                    raise ServiceError("node did not start")
+                time.sleep(0.2)
+            if echo(me, "DEMO_MODALITY", timeout=10) != dimse.SUCCESS:
+                raise ServiceError("the node did not answer C-ECHO with Success")
             print(
                 f"node up; pushing one study as DEMO_MODALITY: chest CR, "
                 f"{len(study.ct)}-slice head CT, tibia CR; expecting SRs from "
