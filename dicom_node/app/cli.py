@@ -53,16 +53,13 @@ def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from models.registry import ModelRegistry
+    from dicom_node.app.supervisor import check_models
     from workers.app import run_worker
 
     if not settings.broker_url:
         raise DicomNodeError("DICOM_NODE_BROKER_URL is required for a standalone worker")
-    registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
-    wanted = _split(args.models) or settings.enabled_models or registry.ids()
-    for model_id in wanted:
-        registry.get(model_id)  # unknown ids are a clear error before Celery starts
-    run_worker(settings, wanted, args.concurrency)
+    held = check_models(settings, _split(args.models))  # unknown ids fail before Celery starts
+    run_worker(settings, held, args.concurrency)
     return 0
 
 

@@ -231,8 +231,15 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
     return 0
 
 
-def check_models(settings: Settings) -> list[str]:
-    """Load every manifest and check ``DICOM_NODE_MODELS`` before any child starts.
+def check_models(settings: Settings, wanted: Sequence[str] = ()) -> list[str]:
+    """Load every manifest and check the model ids to serve before anything starts.
+
+    Parameters
+    ----------
+    settings : Settings
+        ``DICOM_NODE_MODELS`` and the models directory.
+    wanted : sequence of str, optional
+        Ids that take precedence over ``DICOM_NODE_MODELS`` (``worker --models``).
 
     Returns
     -------
@@ -248,7 +255,7 @@ def check_models(settings: Settings) -> list[str]:
     from models.registry import ModelRegistry
 
     registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
-    ids = settings.enabled_models or registry.ids()
+    ids = list(wanted) or settings.enabled_models or registry.ids()
     for model_id in ids:
         registry.get(model_id)
     log.info("models: %s", ", ".join(ids))
