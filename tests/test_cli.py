@@ -30,6 +30,8 @@ def test_echo_to_nobody_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> 
 def test_missing_config_file(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # `--config` sets DICOM_NODE_CONFIG for child processes; let monkeypatch undo it.
+    monkeypatch.setenv("DICOM_NODE_CONFIG", "")
     assert main(["--config", "/nonexistent/node.yaml", "status"]) == 2
     assert "no such file" in capsys.readouterr().err
 

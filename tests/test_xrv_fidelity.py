@@ -17,6 +17,7 @@ torchvision is replaced by a FAKE stub (tests/fakes/torchvision_stub.py).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,7 +98,9 @@ def models_dir(
     model = published_like_model(xrv, chest.label_names)
     checkpoint = root / "densenet121-res224-all.pt"
     torch.save(model, checkpoint)  # a whole pickled module, as the published file
-    with pytest.MonkeyPatch.context() as env:
+    with pytest.MonkeyPatch.context() as env:  # module scope: before the autouse env reset
+        for name in [n for n in os.environ if n.startswith("DICOM_NODE_")]:
+            env.delenv(name)
         env.setenv("DICOM_NODE_DATA_DIR", str(root / "data"))
         env.setenv("DICOM_NODE_MODELS_DIR", str(root / "models"))
         assert cli_main(["models", "import", MODEL_ID, str(checkpoint)]) == 0
