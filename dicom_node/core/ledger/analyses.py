@@ -56,22 +56,12 @@ class AnalysisRows(LedgerBase):
                     continue
                 natural = {"study_uid": study_uid, "generation": generation}
                 natural |= {"model_id": spec.model_id, "model_version": spec.model_version}
-                self._insert_ignore(
+                row = self._insert_or_get(
                     conn,
                     analyses,
-                    {
-                        **natural,
-                        "state": _A.QUEUED,
-                        "n_instances": spec.n_instances,
-                        "queued_at": now,
-                    },
-                )
-                row = (
-                    conn.execute(
-                        select(analyses).where(*(analyses.c[k] == v for k, v in natural.items()))
-                    )
-                    .mappings()
-                    .one()
+                    natural,
+                    {"state": _A.QUEUED, "n_instances": spec.n_instances, "queued_at": now},
+                    f"analysis of {spec.model_id} for study {study_uid} cannot be created",
                 )
                 out[key] = AnalysisSnapshot.of(row)
             return list(out.values())
@@ -79,11 +69,7 @@ class AnalysisRows(LedgerBase):
     def get_analysis(self, analysis_id: int) -> AnalysisSnapshot | None:
         """One analysis, or None."""
         with self._tx() as conn:
-            row = (
-                conn.execute(select(analyses).where(analyses.c.id == analysis_id))
-                .mappings()
-                .one_or_none()
-            )
+            row = self._row(conn, analyses, analyses.c.id == analysis_id)
         return AnalysisSnapshot.of(row) if row else None
 
     @staticmethod

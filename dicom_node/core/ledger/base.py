@@ -11,7 +11,17 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, case, insert, or_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    RowMapping,
+    Table,
+    case,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -134,6 +144,37 @@ class LedgerBase:
                 yield conn
         except SQLAlchemyError as exc:
             raise LedgerError(f"ledger error: {exc.__class__.__name__}: {exc}") from exc
+
+    @staticmethod
+    def _row(conn: Connection, table: Table, *where: ColumnElement[bool]) -> RowMapping | None:
+        """The one row of ``table`` matching ``where``, or None."""
+        return conn.execute(select(table).where(*where)).mappings().one_or_none()
+
+    def _insert_or_get(
+        self,
+        conn: Connection,
+        table: Table,
+        natural: Mapping[str, Any],
+        values: Mapping[str, Any],
+        conflict: str,
+    ) -> RowMapping:
+        """Insert a row unless its natural key exists; return the row with that key.
+
+        Parameters
+        ----------
+        natural : mapping
+            The natural key's columns (a UNIQUE constraint of ``table``).
+        values : mapping
+            The other columns of a new row.
+        conflict : str
+            Message of the LedgerError raised when another unique key blocked
+            the insert and no row has ``natural``.
+        """
+        self._insert_ignore(conn, table, {**natural, **values})
+        row = self._row(conn, table, *(table.c[k] == v for k, v in natural.items()))
+        if row is None:
+            raise LedgerError(conflict)
+        return row
 
     @staticmethod
     def _insert_ignore(conn: Connection, table: Table, values: Mapping[str, Any]) -> bool:

@@ -6,9 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, update
 
-from dicom_node.core.errors import LedgerError
 from dicom_node.core.ledger.base import LedgerBase, guard, rowcount, transition_values
 from dicom_node.core.ledger.records import DeliverySnapshot, ReportSnapshot
 from dicom_node.core.ledger.schema import deliveries, reports
@@ -58,42 +57,25 @@ class OutputRows(LedgerBase):
             another report.
         """
         with self._tx() as conn:
-            self._insert_ignore(
+            row = self._insert_or_get(
                 conn,
                 reports,
+                {"analysis_id": analysis_id, "profile": profile},
                 {
-                    "analysis_id": analysis_id,
-                    "profile": profile,
                     "sop_instance_uid": sop_instance_uid,
                     "series_instance_uid": series_instance_uid,
                     "path": path,
                     "state": ReportState.WRITTEN,
                     "created_at": time.time(),
                 },
+                f"report UID {sop_instance_uid} already belongs to another report",
             )
-            row = (
-                conn.execute(
-                    select(reports).where(
-                        reports.c.analysis_id == analysis_id, reports.c.profile == profile
-                    )
-                )
-                .mappings()
-                .one_or_none()
-            )
-            if row is None:
-                raise LedgerError(
-                    f"report UID {sop_instance_uid} already belongs to another report"
-                )
             return ReportSnapshot.of(row)
 
     def get_report(self, report_id: int) -> ReportSnapshot | None:
         """One report, or None."""
         with self._tx() as conn:
-            row = (
-                conn.execute(select(reports).where(reports.c.id == report_id))
-                .mappings()
-                .one_or_none()
-            )
+            row = self._row(conn, reports, reports.c.id == report_id)
         return ReportSnapshot.of(row) if row else None
 
     def transition_report(self, report_id: int, to: ReportState, **fields: Any) -> bool:
@@ -138,26 +120,12 @@ class OutputRows(LedgerBase):
             for destination in destinations:
                 if destination in out:
                     continue
-                self._insert_ignore(
+                row = self._insert_or_get(
                     conn,
                     deliveries,
-                    {
-                        "report_id": report_id,
-                        "destination": destination,
-                        "state": _D.PENDING,
-                        "attempts": 0,
-                        "created_at": now,
-                    },
-                )
-                row = (
-                    conn.execute(
-                        select(deliveries).where(
-                            deliveries.c.report_id == report_id,
-                            deliveries.c.destination == destination,
-                        )
-                    )
-                    .mappings()
-                    .one()
+                    {"report_id": report_id, "destination": destination},
+                    {"state": _D.PENDING, "attempts": 0, "created_at": now},
+                    f"report {report_id} does not exist",
                 )
                 out[destination] = DeliverySnapshot.of(row)
         return list(out.values())
@@ -165,11 +133,7 @@ class OutputRows(LedgerBase):
     def get_delivery(self, delivery_id: int) -> DeliverySnapshot | None:
         """One delivery, or None."""
         with self._tx() as conn:
-            row = (
-                conn.execute(select(deliveries).where(deliveries.c.id == delivery_id))
-                .mappings()
-                .one_or_none()
-            )
+            row = self._row(conn, deliveries, deliveries.c.id == delivery_id)
         return DeliverySnapshot.of(row) if row else None
 
     def record_delivery_attempt(self, delivery_id: int, error: str | None) -> bool:
