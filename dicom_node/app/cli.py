@@ -76,7 +76,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json(views), indent=2))
     else:
-        print(render_text(views) if views else "no studies in the ledger")
+        print(render_text(views))
     return 0
 
 

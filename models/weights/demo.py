@@ -83,7 +83,7 @@ def make_demo_weights(
     if manifest.architecture is None:
         raise WeightsUnavailableError(
             f"model {manifest.id} is ONNX-only (architecture: null): it has no demo weights; "
-            "import its ONNX file with `dicom-node models import`"
+            f"import its ONNX file with `dicom-node models import {manifest.id} FILE`"
         )
     architecture = architecture_for(manifest, architectures)
     low, high = manifest.input.value_range

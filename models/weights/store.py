@@ -291,7 +291,7 @@ def fetch_weights(
     if not uri:
         raise WeightsUnavailableError(
             f"model {manifest.id} publishes no weights URI; import a file with "
-            "`dicom-node models import`"
+            f"`dicom-node models import {manifest.id} FILE`"
         )
     local = _local_uri(uri, models_dir)
     fmt = manifest.weights.format
@@ -375,14 +375,14 @@ def resolve_weights(
         )
     if not allow_demo:
         raise WeightsUnavailableError(
-            f"model {manifest.id} has no weights: run `dicom-node models fetch` or "
-            "`dicom-node models import FILE`, or set DICOM_NODE_ALLOW_DEMO_WEIGHTS=1 for "
-            "untrained demo weights"
+            f"model {manifest.id} has no weights: run `dicom-node models fetch {manifest.id}` "
+            f"or `dicom-node models import {manifest.id} FILE`, or set "
+            "DICOM_NODE_ALLOW_DEMO_WEIGHTS=1 for untrained demo weights"
         )
     if manifest.architecture is None:
         raise WeightsUnavailableError(
             f"model {manifest.id} is ONNX-only (architecture: null) and has no demo weights: "
-            "import its ONNX file with `dicom-node models import`"
+            f"import its ONNX file with `dicom-node models import {manifest.id} FILE`"
         )
     with _lock(models_dir, manifest):
         demo = read_record(model_dir(models_dir, manifest), "untrained-demo")
