@@ -128,7 +128,10 @@ def _cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     from models.routing import read_headers, route
 
     registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
-    instances, unreadable = read_headers(_expand(args.paths))
+    missing = [name for name in args.paths if not Path(name).exists()]
+    if missing:
+        raise DicomNodeError(f"{missing[0]}: no such file or directory")
+    instances, unreadable = read_headers(args.paths)
     plan = route(registry, instances, args.calling_ae, enabled=settings.enabled_models)
     for match in plan.matches:
         print(
@@ -142,19 +145,6 @@ def _cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     if not plan.matches:
         print("no model would run")
     return 0
-
-
-def _expand(paths: Sequence[str]) -> list[str]:
-    files: list[str] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*") if p.is_file())
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            raise DicomNodeError(f"{name}: no such file or directory")
-    return files
 
 
 def _cmd_demo(settings: Settings, _: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from dicom_node.core.errors import PixelDataError
 from models.backends import LoadedModel
 from models.contract import to_batch
 from models.preprocessing import Preprocessor
+from models.routing import read_headers
 from workers.pipeline.aggregate import Aggregate, aggregate
 from workers.pipeline.order import Image, group_by_series
 
@@ -52,23 +53,15 @@ class Outcome:
 
 
 def read_images(paths: Sequence[str]) -> tuple[list[Image], list[str]]:
-    """Read the headers of an analysis's files.
+    """Read the headers of an analysis's files (:func:`models.routing.read_headers`).
 
     Returns
     -------
     (list of Image, list of str)
-        Readable images, and one reason per unreadable file (file name and
-        exception class only: exception texts may quote attribute values).
+        Readable images, and one reason per file that is not a usable instance.
     """
-    images: list[Image] = []
-    skipped: list[str] = []
-    for name in paths:
-        path = Path(name)
-        try:
-            images.append(Image(path, dcmread(path, stop_before_pixels=True)))
-        except Exception as exc:
-            skipped.append(f"{path.stem}: unreadable ({exc.__class__.__name__})")
-    return images, skipped
+    instances, skipped = read_headers(paths)
+    return [Image(Path(path), header) for path, header in instances], skipped
 
 
 def _infer(model: LoadedModel, inputs: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
