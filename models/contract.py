@@ -3,7 +3,8 @@
 Preprocessing yields one ``(C, H, W) float32`` array per image;
 :func:`to_batch` stacks them in the manifest's layout, and :func:`check_input`
 refuses any batch whose rank, shape, dtype or values do not fit the manifest's
-``input`` before a backend runs (MONAI bundles declare the same in
+``input`` before a backend runs; :func:`check_image` checks one image the same
+way before it joins a batch (MONAI bundles declare the same in
 ``metadata.json``).
 """
 
@@ -58,6 +59,46 @@ def to_batch(
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
+def check_image(manifest: Manifest, image: npt.NDArray[np.generic]) -> None:
+    """Refuse one preprocessed image that would make its whole batch fail :func:`check_input`.
+
+    Run per image before batching, so that one image whose values or shape do
+    not fit (a header that lies about its bit depth, say) is skipped alone.
+
+    Parameters
+    ----------
+    manifest : Manifest
+        Declares ``input.chw`` and ``value_range``.
+    image : ndarray
+        ``(C, H, W)``, as :class:`models.preprocessing.Preprocessor` returns.
+
+    Raises
+    ------
+    InputContractError
+        If the shape is not ``input.chw``, a value is not finite, or a value lies
+        outside ``value_range`` by more than :data:`RANGE_TOLERANCE` of its width.
+    """
+    where = f"model {manifest.id} input {manifest.input.name!r}"
+    if tuple(image.shape) != manifest.input.chw:
+        raise InputContractError(
+            f"{where}: image shape {tuple(image.shape)}, expected (C, H, W) = {manifest.input.chw}"
+        )
+    _check_values(manifest, image, where)
+
+
+def _check_values(manifest: Manifest, values: npt.NDArray[np.generic], where: str) -> None:
+    if not np.isfinite(values).all():
+        raise InputContractError(f"{where}: contains NaN or infinite values")
+    low, high = manifest.input.value_range
+    slack = RANGE_TOLERANCE * (high - low)
+    seen_low, seen_high = float(values.min()), float(values.max())
+    if seen_low < low - slack or seen_high > high + slack:
+        raise InputContractError(
+            f"{where}: values in [{seen_low:.6g}, {seen_high:.6g}], "
+            f"declared value_range [{low:.6g}, {high:.6g}]"
+        )
+
+
 def check_input(manifest: Manifest, batch: npt.NDArray[np.generic]) -> None:
     """Refuse a batch that does not fit the manifest's input contract.
 
@@ -89,13 +130,4 @@ def check_input(manifest: Manifest, batch: npt.NDArray[np.generic]) -> None:
         raise InputContractError(f"{where}: empty batch (N = 0)")
     if batch.dtype != np.dtype(spec.dtype):
         raise InputContractError(f"{where}: dtype {batch.dtype}, expected {spec.dtype}")
-    if not np.isfinite(batch).all():
-        raise InputContractError(f"{where}: contains NaN or infinite values")
-    low, high = spec.value_range
-    slack = RANGE_TOLERANCE * (high - low)
-    seen_low, seen_high = float(batch.min()), float(batch.max())
-    if seen_low < low - slack or seen_high > high + slack:
-        raise InputContractError(
-            f"{where}: values in [{seen_low:.6g}, {seen_high:.6g}], "
-            f"declared value_range [{low:.6g}, {high:.6g}]"
-        )
+    _check_values(manifest, batch, where)

@@ -8,7 +8,10 @@ why in plain words, e.g. ``Modality CT not in [CR, DX]``.
 
 Headers come from other people's machines: a missing, empty, multi-valued,
 mistyped or undecodable attribute is a reason for a rejection, never an
-exception.
+exception. Reasons reach logs and the ledger, so a header value is quoted
+only when it is a plausible coded term (:func:`dicom_node.core.redact.shown_value`,
+e.g. ``CT`` or ``MONOCHROME2``) or a valid UID; anything else is named by its
+keyword alone (``BodyPartExamined (value withheld) not in [CHEST]``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
 
+from dicom_node.core.redact import WITHHELD, shown_value
 from models.manifest import Manifest, RoutingRule
+from models.preprocessing.attributes import is_uid
 
 if TYPE_CHECKING:
     from models.registry import ModelRegistry
@@ -36,7 +42,6 @@ log = logging.getLogger(__name__)
 NO_SERIES = "(no SeriesInstanceUID)"
 """Series key of instances whose header has no usable Series Instance UID."""
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-_SHOWN = 64  # characters of a header value quoted in a reason
 
 _Check = Callable[[Dataset, str | None], str | None]
 """``check(header, calling_ae)``: None when the condition holds, else the reason."""
@@ -96,11 +101,12 @@ def header_text(ds: Any, keyword: str) -> str:
     """An attribute's value as text, ``""`` when missing or unreadable; never raises.
 
     Multi-valued attributes are joined with a backslash (their DICOM form);
-    bytes are decoded as Latin-1; surrounding spaces and NULs are stripped.
+    bytes are decoded as Latin-1; surrounding spaces and NULs are stripped. A
+    sequence or data set where a value belongs counts as unreadable.
     """
     try:
         value = ds.get(keyword) if isinstance(ds, Dataset) else None
-        if value is None:
+        if value is None or isinstance(value, Dataset | DicomSequence):
             return ""
         if isinstance(value, bytes):
             value = value.decode("latin-1", "replace")
@@ -111,9 +117,18 @@ def header_text(ds: Any, keyword: str) -> str:
         return ""
 
 
-def _printable(text: str) -> str:
-    """A header value fit for a log line: at most 64 characters, control bytes as ``?``."""
-    return "".join(c if c.isprintable() else "?" for c in text[:_SHOWN])
+def _shown(keyword: str, text: str) -> str:
+    """A header value as a reason may quote it: a coded term or a UID, else withheld."""
+    if not text:
+        return "(none)"
+    values = [v.strip() for v in text.split("\\")]
+    if keyword.endswith("UID"):
+        shown = [v if is_uid(v) else None for v in values]
+    else:
+        shown = [shown_value(v) for v in values]
+    if any(v is None for v in shown):
+        return f"({WITHHELD})"
+    return "\\".join(v for v in shown if v is not None)
 
 
 def _listed(values: list[str], shown: int = 8) -> str:
@@ -127,13 +142,19 @@ def _in_list(keyword: str, allowed: list[str]) -> _Check:
     wanted = {a.strip().upper() for a in allowed}
 
     def check(ds: Dataset, calling_ae: str | None) -> str | None:
-        text = header_text(ds, keyword).upper()
+        raw = header_text(ds, keyword)
+        text = raw.upper()
         values = {text, *(v.strip() for v in text.split("\\"))} - {""}
         if values & wanted:
             return None
-        return f"{keyword} {_printable(text) or '(none)'} not in {_listed(allowed)}"
+        return f"{keyword} {_shown(keyword, raw)} not in {_listed(allowed)}"
 
     return check
+
+
+def _ae_shown(ae: str) -> str:
+    """An AE title for a reason (AE titles are not patient data): printable, at most 16."""
+    return "".join(c if c.isprintable() else "?" for c in ae[:16]) or "(none)"
 
 
 def _calling_ae(allowed: list[str]) -> _Check:
@@ -143,7 +164,7 @@ def _calling_ae(allowed: list[str]) -> _Check:
         ae = (calling_ae or "").strip()
         if ae.upper() in wanted:
             return None
-        return f"calling AE {_printable(ae) or '(none)'} not in {_listed(allowed)}"
+        return f"calling AE {_ae_shown(ae)} not in {_listed(allowed)}"
 
     return check
 

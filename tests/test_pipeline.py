@@ -80,7 +80,9 @@ def test_a_head_ct_series_through_the_pipeline(tmp_path: Path, models_dir: Path)
     outcome = run_analysis(model, [*ct_paths, str(broken)])
     z = [float(i.header.ImagePositionPatient[2]) for i in outcome.images]
     assert z == sorted(z) and len(z) == 4  # sorted along the patient axis, broken one out
-    assert len(outcome.skipped) == 1 and outcome.skipped[0].startswith("1.2.3.999: ")
+    (skipped,) = outcome.skipped
+    assert skipped.sop_instance_uid == "1.2.3.999"
+    assert skipped.reason.startswith("pixel data is truncated: 100 bytes")
     (series,) = outcome.aggregates
     assert series.scope_key == str(outcome.images[0].header.SeriesInstanceUID)
 

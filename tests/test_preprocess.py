@@ -27,7 +27,7 @@ from models.preprocessing.decode import decode_first_frame
 from models.preprocessing.geometry import center_crop, pad_square
 from models.preprocessing.intensity import window
 from models.preprocessing.params import StepParams
-from models.preprocessing.ranges import voi_range
+from models.preprocessing.ranges import RangeSpec, voi_range
 from models.registry import ModelRegistry
 
 
@@ -321,11 +321,14 @@ def test_normalize_sources() -> None:
     assert norm(source="fixed", low=0, high=2000, to=[0, 1], clip=True) == [0, 0.5, 1, 1]
     assert norm(source="fixed", low=0, high=2000) == pytest.approx([0, 0.5, 1, 2.0475])
     assert norm(source="voi_range", to=[0, 4095]) == RAMP[0].tolist()  # window output [0, 4095]
-    with pytest.raises(PixelDataError, match="constant image"):
+    with pytest.raises(PixelDataError, match=r"image is constant \(blank\)"):  # before any step
         run(
             [{"step": "normalize", "source": "image_minmax"}],
             synthetic(np.zeros((2, 2), np.uint16)),
         )
+    spec = RangeSpec("image_minmax")  # a step that sees a constant image after a crop
+    with pytest.raises(PixelDataError, match="constant image"):
+        spec.resolve(np.zeros((1, 2, 2)), ds)
 
 
 # --- windows -------------------------------------------------------------------------------

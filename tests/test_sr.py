@@ -25,10 +25,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.tag import Tag
 
 from dicom_node.core.errors import ReportError
+from dicom_node.core.ledger import SkippedImage
 from dicom_node.core.uids import derived_uid
 from tests.conftest import dciodvfy_errors
 from workers.outputs import PROFILES, build, build_report, builder
 from workers.outputs.findings import Finding, ReportInput
+from workers.outputs.reader import read_not_analysed
 from workers.outputs.tid1500 import build_tid1500, read_findings
 from workers.outputs.warmup import warm_up_sr
 
@@ -365,7 +367,7 @@ def test_invalid_source_values_do_not_stop_the_report(
     for keyword, value in {
         "PatientSex": "Q",
         "PatientBirthDate": "19xx0101",
-        "StudyDate": "2004-08-26",
+        "StudyDate": "2004-08-26",  # the pre-3.0 form: fixed
         "StudyTime": "25:99",
         "SpecificCharacterSet": "ISO_IR 999",
         "PixelSpacing": "abc\\",
@@ -380,15 +382,50 @@ def test_invalid_source_values_do_not_stop_the_report(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
-    assert (sr.PatientSex, sr.PatientBirthDate) == ("Q", "19xx0101")  # kept as the source has it
+    # Type 2: left empty; Type 3: left out; a date in the old form: fixed; valid: copied
+    assert (sr.PatientName, sr.PatientSex, sr.PatientBirthDate, sr.StudyTime) == ("", "", "", "")
+    assert sr.StudyDate == "20040826"
+    assert "PatientAge" not in sr
+    assert sr.OtherPatientIDs == ["Doe-4711", "Jane-4711"]
     assert sr.SpecificCharacterSet == "ISO_IR 192"
     assert library_images(sr) == [source.SOPInstanceUID]
-    save(sr, tmp_path / "odd.dcm")
-    assert dcmread(tmp_path / "odd.dcm").PatientName == "Doe^Jane=x=y=z"
+    assert dciodvfy_errors(save(sr, tmp_path / "odd.dcm")) == []
     said = " ".join([r.getMessage() for r in caplog.records] + [str(w.message) for w in caught])
-    assert sr.OtherPatientIDs == ["Doe-4711", "Jane-4711"]
+    assert "PatientSex" in said and "PatientBirthDate" in said  # named, not quoted
     for phi in ("Doe", "Jane", "9RG1", "19xx", "26210", "4711"):
         assert phi not in said
+
+
+def test_a_patient_id_in_patient_sex_and_a_missing_name(tmp_path: Path) -> None:
+    inp = chest_input()
+    source = deepcopy(inp.evidence[0])
+    source.PatientID = "PID-4711"
+    del source.PatientName
+    raw(source, "PatientSex", "PID-4711")
+    raw(source, "PatientBirthDate", "20230231")  # no such day
+    raw(source, "PatientWeight", "heavy")  # DS that is not a number: Type 3, left out
+    findings = [replace(f, sources=(source,)) for f in inp.findings]
+    sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+    assert (sr.PatientID, sr.PatientSex, sr.PatientBirthDate) == ("PID-4711", "", "")
+    assert sr.PatientName == "" and "PatientWeight" not in sr
+    assert dciodvfy_errors(save(sr, tmp_path / "sex.dcm")) == []
+
+
+def test_images_not_analysed_are_named_in_the_report(tmp_path: Path) -> None:
+    inp = chest_input()
+    skipped = [
+        SkippedImage("1.2.826.0.1.3680043.8.498.1", "image is constant (blank)"),
+        SkippedImage("1.2.826.0.1.3680043.8.498.2", "Rows (0028,0010) is missing"),
+    ]
+    sr = build_tid1500(replace(inp, skipped=skipped))
+    assert read_not_analysed(sr) == [(s.sop_instance_uid, s.reason) for s in skipped]
+    (container,) = [i for i in sr.ContentSequence[0:] if concept(i) == "C0034375"]
+    assert [concept(i) for i in sr.ContentSequence][-2:] == ["126010", "C0034375"]  # TID 1500 order
+    assert all(i.ValueType == "TEXT" for i in container.ContentSequence)
+    schemes = [str(i.CodingSchemeDesignator) for i in sr.CodingSchemeIdentificationSequence]
+    assert "99DCMNODE" in schemes
+    assert dciodvfy_errors(save(sr, tmp_path / "skipped.dcm")) == []
+    assert read_not_analysed(build_tid1500(inp)) == []
 
 
 def raw(ds: Dataset, keyword: str, value: str) -> None:
@@ -492,6 +529,7 @@ class FakeAggregate:
 class FakeOutcome:
     aggregates: list[FakeAggregate]
     images: list[FakeImage]
+    skipped: list[SkippedImage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -533,3 +571,23 @@ def test_shipped_manifests_warm_up_to_valid_srs(index: int, tmp_path: Path) -> N
     sr = warm_up_sr(manifest, backend="torch")
     assert len(read_findings(sr)) == sum(label.report for label in manifest.labels)
     assert dciodvfy_errors(save(sr, tmp_path / f"{manifest.id}.dcm")) == []
+
+
+@pytest.mark.parametrize(
+    "sop_class",
+    ["1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.5", "1.2.826.0.1.3680043.8.498.77"],
+)
+def test_retired_and_private_sop_classes_are_referenced_as_they_are(
+    sop_class: str, tmp_path: Path
+) -> None:
+    """highdicom's tables lack retired (US, NM) and private classes; the report still builds."""
+    inp = chest_input()
+    source = deepcopy(inp.evidence[0])
+    source.SOPClassUID = sop_class
+    findings = [replace(f, sources=(source,)) for f in inp.findings]
+    sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+    (study,) = sr.CurrentRequestedProcedureEvidenceSequence
+    (reference,) = study.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert reference.ReferencedSOPClassUID == sop_class
+    assert library_images(sr) == [source.SOPInstanceUID]
+    save(sr, tmp_path / "retired.dcm")

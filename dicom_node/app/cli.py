@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -38,13 +39,20 @@ def _cmd_up(settings: Settings, _: argparse.Namespace) -> int:
     return run_up(settings)
 
 
-def _cmd_scp(settings: Settings, _: argparse.Namespace) -> int:
+def _cmd_scp(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.app.supervisor import ScpGroup
     from dicom_node.ingest.scp import StoreSCP
 
-    scp = StoreSCP(settings)
+    scp: StoreSCP | ScpGroup = (
+        StoreSCP(settings, primary=False) if args.listener else ScpGroup(settings)
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     scp.start()
     try:
-        threading.Event().wait()
+        while not stop.wait(1.0):
+            if isinstance(scp, ScpGroup):
+                scp.restart_dead()
     except KeyboardInterrupt:
         pass
     finally:
@@ -159,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help=f"YAML settings file (sets {CONFIG_ENV})")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run Redis (unless a broker is set), a worker and the SCP")
-    sub.add_parser("scp", help="run the C-ECHO / C-STORE SCP only")
+    scp = sub.add_parser("scp", help="run the C-ECHO / C-STORE SCP only")
+    scp.add_argument(
+        "--listener",
+        action="store_true",
+        help="an extra process on the primary's port (started by the primary; "
+        "DICOM_NODE_SCP_PROCESSES)",
+    )
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=1)
     worker.add_argument(

@@ -2,7 +2,8 @@
 
 Each study shows its state, generation, instances, reason and timings, then
 its analyses (model id and version, state, backend, weights kind — untrained
-weights marked ``[UNTRAINED weights]`` — timings and reason), each analysis its
+weights marked ``[UNTRAINED weights]`` — timings, reason and the images not
+analysed, each with its SOP Instance UID and reason), each analysis its
 reports (profile, SOP Instance UID, state) and each report its deliveries
 (destination, state, attempts, last error). Durations are seconds with two
 decimals; ``-`` when an end is not reached yet. No patient data: the ledger
@@ -95,6 +96,11 @@ def _analysis_lines(v: AnalysisView, depth: int) -> list[str]:
     ]
     if a.reason:
         lines.append(f"{pad}{_INDENT}reason: {a.reason}")
+    if a.skipped:
+        lines.append(f"{pad}{_INDENT}not analysed: {_plural(len(a.skipped), 'image')}")
+        lines += [
+            f"{pad}{_INDENT}{_INDENT}{item.sop_instance_uid}  {item.reason}" for item in a.skipped
+        ]
     for r in v.reports:
         lines += _report_lines(r, depth + 1)
     return lines
@@ -133,7 +139,10 @@ def render_text(views: Sequence[StudyView]) -> str:
 
 
 def _plain(snapshot: Any) -> dict[str, Any]:
-    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in asdict(snapshot).items()}
+    return {
+        k: v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v
+        for k, v in asdict(snapshot).items()
+    }
 
 
 def to_json(views: Sequence[StudyView]) -> list[dict[str, Any]]:
@@ -149,7 +158,8 @@ def to_json(views: Sequence[StudyView]) -> list[dict[str, Any]]:
     list of dict
         Per study: its snapshot's fields (states as strings, times as epoch
         seconds), ``timings`` (seconds, 2 decimals, None when not reached) and
-        ``analyses``; per analysis: its fields, ``untrained``, ``timings`` and
+        ``analyses``; per analysis: its fields (``skipped``: a list of
+        ``{"sop_instance_uid", "reason"}``), ``untrained``, ``timings`` and
         ``reports``; per report: its fields and ``deliveries``.
     """
     return [

@@ -177,10 +177,72 @@ def worker_child(settings: Settings, broker_url: str) -> Child:
     resolved = settings.model_copy(
         update={"broker_url": broker_url, "data_dir": settings.data_dir.resolve()}
     )
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
-    env = {**inherited, **resolved.to_env()}
     argv = [sys.executable, "-m", "dicom_node.app.cli", "worker", "--concurrency", "1"]
-    return Child("celery-worker", argv, env=env, stop_timeout=60.0)
+    return Child("celery-worker", argv, env=_child_env(resolved), stop_timeout=60.0)
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_NODE_")}
+    return {**inherited, **settings.to_env()}
+
+
+def listener_children(settings: Settings, port: int) -> list[Child]:
+    """The extra SCP processes sharing ``port`` with the primary (SO_REUSEPORT).
+
+    Each runs ``dicom-node scp --listener``: it accepts associations and stores
+    instances, but leaves reconciliation, the completion monitor and the stall
+    sweeper to the primary. The kernel spreads new connections across them,
+    so associations are served in parallel, not under one GIL.
+    """
+    resolved = settings.model_copy(update={"port": port, "data_dir": settings.data_dir.resolve()})
+    argv = [sys.executable, "-m", "dicom_node.app.cli", "scp", "--listener"]
+    return [
+        Child(f"scp-listener-{i}", argv, env=_child_env(resolved), ready=_listening(port))
+        for i in range(1, settings.scp_processes)
+    ]
+
+
+def _listening(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        return False
+
+    return ready
+
+
+class ScpGroup:
+    """The primary SCP in this process plus its listener children (``scp_processes``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.primary = StoreSCP(settings)
+        self.children: list[Child] = []
+
+    def start(self) -> None:
+        """Start the primary (reconciles the spool first), then the listeners on its port."""
+        self.primary.start()
+        self.children = listener_children(self.settings, self.primary.port)
+        for child in self.children:
+            child.start()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return self.primary.port
+
+    def restart_dead(self) -> None:
+        """Restart listener children that died."""
+        for child in self.children:
+            if not child.alive():
+                log.error("%s died (exit %s); restarting", child.name, _code(child))
+                child.start()
+
+    def stop(self) -> None:
+        """Stop the listeners, then the primary."""
+        for child in self.children:
+            child.stop()
+        self.primary.stop()
 
 
 def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int:
@@ -196,7 +258,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-    scp: StoreSCP | None = None
+    scp: ScpGroup | None = None
     try:
         upgrade_ledger(settings.resolved_ledger_url)
         check_models(settings)
@@ -210,7 +272,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
         worker = worker_child(settings, broker_url)
         worker.start()
         children.append(worker)
-        scp = StoreSCP(settings)
+        scp = ScpGroup(settings)
         scp.start()
         log.info(
             "node up: AE %s port %d, PACS %s",
@@ -223,6 +285,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
                 if not child.alive():
                     log.error("%s died (exit %s); restarting", child.name, _code(child))
                     child.start()
+            scp.restart_dead()
     finally:
         if scp is not None:
             scp.stop()

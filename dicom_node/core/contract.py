@@ -25,6 +25,10 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MANUFACTURER: Final = "dicom-node"
+"""Manufacturer (0008,0070) of every object this node produces; the SCP's loop guard
+recognises such objects when a PACS forwards them back."""
+
 ROUTE_TASK: Final = "dicom_node.route_study"
 ANALYZE_TASK: Final = "dicom_node.analyze"
 DELIVER_TASK: Final = "dicom_node.deliver"

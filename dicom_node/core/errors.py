@@ -9,6 +9,8 @@ CLI message.
 
     DicomNodeError
     ├── ConfigError                 settings or a peer address are invalid
+    ├── InvalidInstanceError        a received data set is truncated, undecodable, or its
+    │                               identifying UIDs are missing or malformed: 0xC000
     ├── SpoolError                  an instance could not be made durable
     │   └── DiskFullError           ENOSPC / EDQUOT: answered as 0xA700
     ├── LedgerError                 the study ledger could not be read or written
@@ -37,6 +39,13 @@ class DicomNodeError(Exception):
 
 class ConfigError(DicomNodeError):
     """Settings, a YAML overlay or a peer address are invalid."""
+
+
+class InvalidInstanceError(DicomNodeError):
+    """A received data set is truncated or undecodable, or a UID it is filed under is invalid.
+
+    The message names attribute keywords, never values.
+    """
 
 
 class SpoolError(DicomNodeError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -126,15 +126,99 @@ class Settings(BaseSettings):
     inference_backend: Literal["auto", "onnxruntime", "torch"] = "auto"
     delivery_retry_base_seconds: float = Field(5.0, gt=0, description="First C-STORE retry delay.")
     delivery_retry_max_seconds: float = Field(600.0, gt=0, description="Cap of the retry delay.")
-    acse_timeout: float = Field(30.0, gt=0, description="Association timeout, seconds.")
+    acse_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a connection may take to complete association negotiation; "
+        "a peer that has not by then is dropped.",
+    )
     dimse_timeout: float = Field(60.0, gt=0, description="DIMSE message timeout, seconds.")
-    network_timeout: float = Field(60.0, gt=0, description="Network idle timeout, seconds.")
+    network_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a peer may stay silent, mid-PDU included, before the "
+        "association is dropped.",
+    )
+    # Who may connect (PS3.8 7.1.1; PS3.15 Annex B)
+    calling_aes: str = Field(
+        "",
+        description="Comma-separated allowlist of calling AE titles, each optionally AE@host "
+        "(the peer's IP address or host name). Empty: any calling AE.",
+    )
+    require_called_ae: bool = Field(
+        True, description="Reject associations whose called AE title is not ours."
+    )
+    tls: bool = Field(False, description="Serve DICOM TLS (PS3.15 Annex B, BCP 195) only.")
+    tls_certificate: Path | None = Field(None, description="Server certificate chain, PEM.")
+    tls_private_key: Path | None = Field(None, description="Server private key, PEM.")
+    tls_client_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that client certificates must chain to."
+    )
+    tls_verify_client: bool = Field(
+        False, description="Require and verify a client certificate (needs tls_client_ca)."
+    )
+    # Limits
+    max_associations: int = Field(32, ge=1, description="Concurrent associations per SCP process.")
+    max_associations_per_host: int = Field(
+        8, ge=1, description="Concurrent connections from one peer address per SCP process."
+    )
+    max_pdu_size: int = Field(
+        1_048_576,
+        ge=4096,
+        le=64 * 1_048_576,
+        description="Largest P-DATA PDU we accept, bytes (advertised in A-ASSOCIATE-AC). "
+        "A PDU header claiming more aborts the association.",
+    )
+    scp_processes: int = Field(
+        1, ge=1, le=64, description="SCP processes sharing the port (SO_REUSEPORT)."
+    )
+    # Backpressure (answered as 0xA700 Out of Resources)
+    min_free_disk_mb: float = Field(
+        256.0, ge=0, description="Refuse C-STORE when the spool's file system has less free."
+    )
+    spool_quota_mb: float = Field(
+        0.0, ge=0, description="Refuse C-STORE when the spool holds more; 0: no quota."
+    )
+    max_pending_studies: int = Field(
+        0,
+        ge=0,
+        description="Refuse C-STORE of new studies while this many studies wait for the "
+        "workers (queued or with unfinished analyses); 0: no limit.",
+    )
+    # Recovery
+    analysis_stall_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="An analysis `running` this long, whose task no live worker holds, is "
+        "published again.",
+    )
+    analysis_max_requeues: int = Field(
+        3, ge=0, description="After this many re-publications an analysis is marked failed."
+    )
     log_level: str = "INFO"
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae(cls, value: str) -> str:
         return validate_ae_title(value)
+
+    @field_validator("calling_aes")
+    @classmethod
+    def _check_calling_aes(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                validate_ae_title(part.strip().partition("@")[0])
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if self.tls and not (self.tls_certificate and self.tls_private_key):
+            raise ConfigError(
+                "DICOM_NODE_TLS needs DICOM_NODE_TLS_CERTIFICATE and DICOM_NODE_TLS_PRIVATE_KEY"
+            )
+        if self.tls_verify_client and not self.tls_client_ca:
+            raise ConfigError("DICOM_NODE_TLS_VERIFY_CLIENT needs DICOM_NODE_TLS_CLIENT_CA")
+        return self
 
     @field_validator("pacs")
     @classmethod
@@ -172,6 +256,25 @@ class Settings(BaseSettings):
                 value = int(value)
             env[f"DICOM_NODE_{name.upper()}"] = str(value)
         return env
+
+    @property
+    def calling_ae_allowlist(self) -> list[tuple[str, str | None]]:
+        """``DICOM_NODE_CALLING_AES`` parsed into (AE title, host or None) pairs.
+
+        Raises
+        ------
+        ConfigError
+            If an entry is not ``AE`` or ``AE@host``, or its AE title is invalid.
+        """
+        entries: list[tuple[str, str | None]] = []
+        for part in self.calling_aes.split(","):
+            if not part.strip():
+                continue
+            ae, sep, host = part.strip().partition("@")
+            if sep and not host.strip():
+                raise ConfigError(f"invalid calling AE entry {part.strip()!r}: expected AE@host")
+            entries.append((validate_ae_title(ae), host.strip() or None))
+        return entries
 
     @property
     def pacs_peer(self) -> Peer | None:

@@ -16,10 +16,12 @@ from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from dicom_node.core.errors import PixelDataError
+from dicom_node.core.redact import reason_for
 
+from .attributes import raw_value
 from .decode import photometric
 from .params import StepParams
-from .ranges import RangeSpec, voi_kind
+from .ranges import RangeSpec, check_modality_lut, voi_kind
 from .types import FloatImage, Step
 
 WindowFunction = Literal["linear_exact", "linear", "sigmoid"]
@@ -37,9 +39,7 @@ def _lut_input(values: FloatImage) -> np.ndarray:
 
 
 def _pydicom_failure(step: str, exc: Exception) -> PixelDataError:
-    return PixelDataError(
-        f"{step}: the instance's attributes cannot be used ({type(exc).__name__})"
-    )
+    return PixelDataError(f"{step}: the instance's attributes cannot be used ({reason_for(exc)})")
 
 
 def make_modality_lut(params: StepParams) -> Step:
@@ -48,13 +48,16 @@ def make_modality_lut(params: StepParams) -> Step:
     PS3.3 C.11.1: the Modality LUT Sequence if present (inputs rounded down to
     integers), else Rescale Slope/Intercept (``x * slope + intercept``), else
     unchanged; via ``pydicom.pixels.apply_modality_lut``. Colour images pass
-    unchanged (the Modality LUT applies to grayscale only).
+    unchanged (the Modality LUT applies to grayscale only). A Rescale that is
+    not a number, or a Modality LUT without a usable descriptor, is a
+    ``PixelDataError`` naming the attribute.
     """
 
     def modality_lut(image: FloatImage, ds: Dataset) -> FloatImage:
         if image.shape[0] != 1:
             return image
-        values = _lut_input(image) if ds.get("ModalityLUTSequence") else image
+        check_modality_lut(ds)
+        values = _lut_input(image) if raw_value(ds, "ModalityLUTSequence") else image
         try:
             out = apply_modality_lut(values, ds)
         except Exception as exc:  # pydicom texts may quote element values

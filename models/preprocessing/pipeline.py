@@ -1,4 +1,4 @@
-"""The preprocessor: decode, then the manifest's steps in order, then float32."""
+"""The preprocessor: decode, refuse a blank frame, the manifest's steps in order, float32."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from dicom_node.core.errors import PixelDataError
 
 from .decode import decode_first_frame
 from .steps import BoundStep, StepRegistry, default_steps
+
+BLANK = "image is constant (blank)"
+"""Reason for a decoded frame whose stored values are all equal: it is never a model input."""
 
 
 class HasPreprocessing(Protocol):
@@ -103,12 +106,17 @@ class Preprocessor:
         Raises
         ------
         PixelDataError
-            If the pixel data cannot be decoded or is unsupported, a step
+            If the pixel data cannot be decoded or is unsupported, the decoded
+            frame is constant (:data:`BLANK`: nothing for a model to see), a step
             cannot apply to this instance (e.g. ``windows`` on colour
             data), or the result is not finite. Messages name the step and
             never quote patient data.
         """
         image = decode_first_frame(ds)
+        if not np.all(np.isfinite(image)):
+            raise PixelDataError("decoded pixel values are not all finite")
+        if image.size == 0 or not np.ptp(image) > 0:
+            raise PixelDataError(BLANK)
         for step in self._steps:
             where = f"preprocessing[{step.index}] ({step.name})"
             try:

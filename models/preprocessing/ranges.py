@@ -31,9 +31,11 @@ from typing import Literal
 import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import apply_voi_lut
+from pydicom.sequence import Sequence as PydicomSequence
 
 from dicom_node.core.errors import PixelDataError
 
+from .attributes import integer, numbers, raw_value, single_number, text, where
 from .params import StepParams
 from .types import FloatImage
 
@@ -48,14 +50,71 @@ def stored_range(ds: Dataset) -> tuple[float, float]:
     Raises
     ------
     PixelDataError
-        If Bits Stored is missing or not in 1..32.
+        If Bits Stored is missing or not in 1..32, or Pixel Representation is not 0 or 1.
     """
-    bits = ds.get("BitsStored")
-    if not isinstance(bits, int) or not 1 <= bits <= 32:
-        raise PixelDataError("Bits Stored (0028,0101) is missing or invalid")
-    if int(ds.get("PixelRepresentation", 0) or 0) == 0:
+    bits = integer(ds, "BitsStored", 1, 32)
+    signed = integer(ds, "PixelRepresentation", 0, 1) if raw_value(ds, "PixelRepresentation") else 0
+    if signed == 0:
         return 0.0, float(2**bits - 1)
     return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+
+
+def check_modality_lut(ds: Dataset) -> None:
+    """Check what pydicom's Modality LUT and windowing read: Rescale, Modality LUT Sequence.
+
+    Raises
+    ------
+    PixelDataError
+        If Rescale Slope or Intercept is not a single finite number, is empty
+        while the other is present, or the slope is 0, or the first Modality LUT Sequence item has no usable LUT
+        Descriptor or LUT Data.
+    """
+    slope = single_number(ds, "RescaleSlope")
+    intercept = single_number(ds, "RescaleIntercept")
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:  # pydicom then applies both
+        for keyword, value in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+            if value is None:
+                raise PixelDataError(f"{where(keyword)} is empty")
+    if slope == 0:
+        raise PixelDataError(f"{where('RescaleSlope')} is 0")
+    items = raw_value(ds, "ModalityLUTSequence")
+    if items is not None:
+        _check_lut_item(items, "ModalityLUTSequence", 0)
+
+
+def _check_lut_item(items: object, sequence: str, index: int) -> None:
+    if not isinstance(items, PydicomSequence):
+        raise PixelDataError(f"{where(sequence)} is not a sequence")
+    if index >= len(items):
+        return
+    item = items[index]
+    at = f"{where(sequence)} item {index + 1}"
+    descriptor = numbers(item, "LUTDescriptor")
+    if descriptor is None or len(descriptor) != 3:
+        raise PixelDataError(f"{at}: {where('LUTDescriptor')} is invalid")
+    entries, _, bits = descriptor
+    if not (0 <= entries <= 65535 and 8 <= bits <= 16):
+        raise PixelDataError(f"{at}: {where('LUTDescriptor')} is invalid")
+    if raw_value(item, "LUTData") is None:
+        raise PixelDataError(f"{at}: {where('LUTData')} is missing")
+
+
+def _window_count(ds: Dataset) -> int:
+    """How many windows the header gives (0: none); raises on a malformed window."""
+    centers, widths = numbers(ds, "WindowCenter"), numbers(ds, "WindowWidth")
+    if centers is None or widths is None:
+        return 0
+    if len(centers) != len(widths):
+        raise PixelDataError(
+            f"{where('WindowCenter')} and {where('WindowWidth')} differ in their number of values"
+        )
+    function = text(ds, "VOILUTFunction") or "LINEAR"
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise PixelDataError(f"{where('VOILUTFunction')} has an unknown value")
+    too_small = (lambda w: w < 1) if function == "LINEAR" else (lambda w: w <= 0)
+    if any(too_small(w) for w in widths):
+        raise PixelDataError(f"{where('WindowWidth')} is too small for {function}")
+    return len(centers)
 
 
 def voi_kind(ds: Dataset, index: int = 0, prefer_lut: bool = True) -> str | None:
@@ -69,18 +128,32 @@ def voi_kind(ds: Dataset, index: int = 0, prefer_lut: bool = True) -> str | None
     Returns
     -------
     {"lut", "window"} or None
+
+    Raises
+    ------
+    PixelDataError
+        If the attributes that would be used are malformed: a Window Center or
+        Width that is not a number, their numbers of values differing, a
+        window width too small for the VOI LUT Function (PS3.3 C.11.2.1.2), an
+        unknown VOI LUT Function, a LUT Descriptor that is not three valid
+        numbers, or a Rescale that is not a number.
     """
-    items = ds.get("VOILUTSequence", None) or []
-    valid_lut = bool(items) and None not in (
-        items[0].get("LUTDescriptor", None),
-        items[0].get("LUTData", None),
+    items = raw_value(ds, "VOILUTSequence")
+    if items is None:
+        items = PydicomSequence()
+    if not isinstance(items, PydicomSequence):
+        raise PixelDataError(f"{where('VOILUTSequence')} is not a sequence")
+    valid_lut = len(items) > 0 and None not in (
+        raw_value(items[0], "LUTDescriptor"),
+        raw_value(items[0], "LUTData"),
     )
-    valid_window = None not in (ds.get("WindowCenter", None), ds.get("WindowWidth", None))
-    if valid_lut and (prefer_lut or not valid_window):
+    windows = _window_count(ds)
+    if valid_lut and (prefer_lut or not windows):
+        _check_lut_item(items, "VOILUTSequence", index)
         return "lut" if index < len(items) else None
-    if valid_window:
-        count = ds["WindowCenter"].VM
-        return "window" if index < max(count, 1) else None
+    if windows:
+        check_modality_lut(ds)  # the window's output range depends on it
+        return "window" if index < windows else None
     return None
 
 

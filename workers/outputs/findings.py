@@ -22,6 +22,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from dicom_node.core.errors import ReportError
+from dicom_node.core.ledger import SkippedImage
 from dicom_node.core.uids import derived_uid
 
 Scope = Literal["image", "series", "study"]
@@ -153,6 +154,9 @@ class ReportInput:
         with ``report: false`` are accepted and left out of the report.
     evidence : sequence of Dataset
         Headers of every image the model ran on (one or more series of the study).
+    skipped : sequence of SkippedImage
+        Images of the analysis that were not analysed, each with its reason (no
+        values); the report names them.
     """
 
     study_uid: str
@@ -162,6 +166,7 @@ class ReportInput:
     backend: str
     findings: Sequence[Finding]
     evidence: Sequence[Dataset]
+    skipped: Sequence[SkippedImage] = ()
 
     @property
     def is_demo(self) -> bool:
@@ -231,6 +236,8 @@ class OutcomeLike(Protocol):
     def aggregates(self) -> Sequence[AggregateLike]: ...  # noqa: D102
     @property
     def images(self) -> Sequence[ImageLike]: ...  # noqa: D102
+    @property
+    def skipped(self) -> Sequence[SkippedImage]: ...  # noqa: D102
 
 
 class ModelLike(Protocol):
@@ -265,7 +272,8 @@ def report_input(
     -------
     ReportInput
         One finding per (aggregate, label), labels with ``report: false`` included
-        (the builders leave them out); evidence = every image used.
+        (the builders leave them out); evidence = every image used; the skipped
+        images with their reasons.
 
     Raises
     ------
@@ -291,6 +299,7 @@ def report_input(
         backend=model.backend,
         findings=findings,
         evidence=[image.header for image in outcome.images],
+        skipped=list(outcome.skipped),
     )
 
 

@@ -4,25 +4,39 @@ highdicom parses the patient and study attributes of the first evidence instance
 (dates, sex, names) and raises, warns or logs, quoting the value, when one is
 invalid. So the SR is built from a *stand-in* header that carries only the
 source's UIDs, and the Patient, Clinical Trial Subject, General Study, Patient
-Study and Clinical Trial Study module attributes are copied afterwards, verbatim,
-from the real header (:func:`copy_patient_and_study`): an invalid value in a
-source stays as the source had it and does not stop the report.
+Study and Clinical Trial Study module attributes are copied afterwards from the
+real header (:func:`copy_patient_and_study`).
+
+Only valid values are copied (PS3.5 6.2 for the VR, the data dictionary's VM,
+calendar dates and times, and the enumerated values of PS3.3 C.7.1.1 and
+C.7.2.2). An invalid value never stops the report: a Type 2 attribute is left
+empty (Patient's Name, ID, Birth Date and Sex, Study Date and Time, ...), any
+other is left out, and a date written ``yyyy.mm.dd`` or ``yyyy-mm-dd`` (the
+pre-3.0 form PS3.5 6.2 still mentions) is fixed to ``yyyymmdd``. The keywords
+(never the values) of what was left out are logged.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from copy import deepcopy
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydicom import Dataset
 from pydicom.charset import python_encoding
-from pydicom.datadict import keyword_dict, tag_for_keyword
+from pydicom.config import RAISE
+from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.valuerep import PersonName, validate_value
 
 from dicom_node.core.errors import ReportError
+from dicom_node.core.redact import reason_for
+
+log = logging.getLogger(__name__)
 
 # Root-level attributes of the Patient (C.7.1.1), Clinical Trial Subject (C.7.1.3),
 # General Study (C.7.2.1), Patient Study (C.7.2.2) and Clinical Trial Study (C.7.2.3)
@@ -81,25 +95,27 @@ _UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID
 DEIDENTIFIED_UNSTATED = "Not stated by the source images"
 UTF8 = "ISO_IR 192"
 
+TYPE_2: frozenset[str] = frozenset(
+    {*_EMPTY_TYPE2, "ClinicalTrialProtocolName", "ClinicalTrialSiteID", "ClinicalTrialSiteName",
+     "ClinicalTrialTimePointID"}
+)  # fmt: skip
+"""Type 2 attributes of the copied modules: left empty (not out) when the source's value is
+invalid (PS3.3 C.7.1.1, C.7.1.3, C.7.2.1, C.7.2.3)."""
 
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Silence pydicom's and highdicom's warnings while a report is built.
+ENUMERATED: dict[str, frozenset[str]] = {
+    "PatientSex": frozenset({"M", "F", "O"}),
+    "PatientSexNeutered": frozenset({"ALTERED", "UNALTERED"}),
+    "QualityControlSubject": frozenset({"YES", "NO"}),
+    "PatientIdentityRemoved": frozenset({"YES", "NO"}),
+}
+"""Enumerated values (PS3.3 C.7.1.1, C.7.2.2) of copied attributes."""
 
-    Both warn (pydicom also logs, on logger "pydicom") quoting the offending value,
-    which may be a patient name, ID or birth date. Inside this context warnings are
-    ignored and the "pydicom" logger passes ERROR and above only. Process-wide
-    state: meant for single-threaded (prefork) workers.
-    """
-    log = logging.getLogger("pydicom")
-    level = log.level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        log.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            log.setLevel(level)
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+     "UR", "UT"}
+)  # fmt: skip
+_DATE_FIX = re.compile(r"(\d{4})[.-](\d{2})[.-](\d{2})")
+_TIME = re.compile(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?")
 
 
 def uid_of(ds: Dataset, keyword: str) -> str:
@@ -173,28 +189,154 @@ def int_value(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def copy_patient_and_study(report: Dataset, source: Dataset) -> None:
-    """Copy the patient and study modules of ``source`` into ``report``, verbatim.
+def copy_patient_and_study(report: Dataset, source: Dataset) -> list[str]:
+    """Copy the valid patient and study attributes of ``source`` into ``report``.
 
     Includes Other Patient IDs (retired, still common) and Other Patient IDs
-    Sequence. Where the source says Patient Identity Removed "YES" without naming
-    the method, De-identification Method (Type 1C) is filled with
-    :data:`DEIDENTIFIED_UNSTATED`. The report's Specific Character Set becomes the
-    source's when pydicom knows every term of it, UTF-8 (``ISO_IR 192``) otherwise.
+    Sequence. An attribute whose value is invalid (:func:`checked_element`) is
+    left empty when it is Type 2 (:data:`TYPE_2`) and left out otherwise. Where
+    the source says Patient Identity Removed "YES" without naming the method,
+    De-identification Method (Type 1C) is filled with
+    :data:`DEIDENTIFIED_UNSTATED`. The report's Specific Character Set becomes
+    the source's when pydicom knows every term of it, UTF-8 (``ISO_IR 192``)
+    otherwise.
+
+    Returns
+    -------
+    list of str
+        Keywords of the attributes left empty or out (logged, without values).
     """
+    dropped: list[str] = []
     for keyword in PATIENT_AND_STUDY:
         tag = tag_for_keyword(keyword)
         if tag is None or tag not in source:
             continue
-        try:
-            report[tag] = deepcopy(source[tag])
-        except Exception:  # an element pydicom cannot even convert: keep highdicom's value
+        element = checked_element(source, tag)
+        if element is not None:
+            report[tag] = element
             continue
+        dropped.append(keyword)
+        if keyword in TYPE_2:
+            report[tag] = DataElement(tag, _vr(tag), "" if _vr(tag) in _TEXT_VRS else None)
+        elif tag in report:
+            del report[tag]
     if text_value(report, "PatientIdentityRemoved").upper() == "YES" and not (
         "DeidentificationMethod" in report or "DeidentificationMethodCodeSequence" in report
     ):
         report.DeidentificationMethod = DEIDENTIFIED_UNSTATED
     report.SpecificCharacterSet = character_set(source)
+    if dropped:
+        log.info(
+            "report of study %s: invalid source value(s) left empty or out: %s",
+            text_value(report, "StudyInstanceUID"),
+            ", ".join(dropped),
+        )
+    return dropped
+
+
+def _vr(tag: int) -> str:
+    vr = dictionary_VR(tag)
+    return vr.split(" or ")[0]
+
+
+def checked_element(source: Dataset, tag: int) -> DataElement | None:
+    """A copy of one element of ``source`` if its value is valid, else None.
+
+    Valid means: pydicom can read it; its VR is the data dictionary's; it has no
+    more values than the dictionary's VM allows; each value passes pydicom's
+    validator for the VR (PS3.5 6.2) and, for dates and times, is a real date or
+    time of day; an enumerated attribute (:data:`ENUMERATED`) holds one of its
+    values; every element of every item of a sequence is valid in turn. Empty
+    values are valid; private elements inside sequence items are left out. A date
+    written ``yyyy.mm.dd`` or ``yyyy-mm-dd`` comes back fixed to ``yyyymmdd``.
+    """
+    try:
+        element = source[tag]
+        if element.VR not in dictionary_VR(tag).split(" or "):
+            return None
+        if element.VR == "SQ":
+            return _checked_sequence(element)
+        value = _checked_value(tag, element.VR, element.value)
+    except Exception:  # unreadable, or a value pydicom refuses: invalid either way
+        return None
+    if value is _INVALID:
+        return None
+    return DataElement(tag, element.VR, value)
+
+
+_INVALID: Any = object()
+
+
+def _checked_sequence(element: DataElement) -> DataElement | None:
+    items = element.value
+    if not isinstance(items, DicomSequence):
+        return None
+    copied = []
+    for item in items:
+        clean = Dataset()
+        for child in item:
+            if child.tag.is_private:  # not ours to vouch for: left out of the copy
+                continue
+            checked = checked_element(item, child.tag)
+            if checked is None:
+                return None
+            clean[child.tag] = checked
+        copied.append(clean)
+    return DataElement(element.tag, "SQ", copied)
+
+
+def _checked_value(tag: int, vr: str, value: Any) -> Any:
+    if value is None or value == "" or value == b"":
+        return value
+    values = list(value) if isinstance(value, MultiValue | list) else [value]
+    if not _vm_allows(tag, len(values)):
+        return _INVALID
+    checked = [_checked_one(tag, vr, v) for v in values]
+    if any(v is _INVALID for v in checked):
+        return _INVALID
+    return checked if isinstance(value, MultiValue | list) else checked[0]
+
+
+def _vm_allows(tag: int, count: int) -> bool:
+    vm = dictionary_VM(tag)
+    if "-" not in vm:
+        return vm.isdigit() and count <= int(vm)
+    _, _, high = vm.partition("-")
+    return high.endswith("n") or (high.isdigit() and count <= int(high))
+
+
+def _checked_one(tag: int, vr: str, value: Any) -> Any:
+    if isinstance(value, PersonName):
+        value = str(value)
+    if vr == "DA" and isinstance(value, str):
+        value = _DATE_FIX.sub(r"\1\2\3", value.strip())
+    validate_value(vr, value, RAISE)
+    if isinstance(value, str):
+        text = value.strip(" \x00")
+        if vr == "DA" and text and not _is_date(text):
+            return _INVALID
+        if vr == "TM" and text and not _is_time(text):
+            return _INVALID
+        allowed = ENUMERATED.get(keyword_for_tag(tag))
+        if allowed is not None and text and text not in allowed:
+            return _INVALID
+    return value
+
+
+def _is_date(text: str) -> bool:
+    try:
+        dt.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(text: str) -> bool:
+    match = _TIME.fullmatch(text.replace(":", ""))
+    if match is None:
+        return False
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups()[:3])
+    return hours <= 23 and minutes <= 59 and seconds <= 60
 
 
 def character_set(source: Dataset) -> str | list[str]:
@@ -214,39 +356,14 @@ def character_set(source: Dataset) -> str | list[str]:
 
 
 def safe_reason(exc: BaseException, keyword: str | None = None) -> str:
-    """Describe an exception without quoting data: class name and DICOM keyword only.
-
-    Parameters
-    ----------
-    exc : BaseException
-        The error, typically from highdicom or pydicom, whose text may quote
-        patient data (names, IDs, dates).
-    keyword : str, optional
-        The attribute known to be at fault; otherwise the first DICOM keyword
-        found in the exception text (an enum name such as ``PatientSexValues``
-        counts as its keyword) is named.
+    """Describe an exception without quoting data (:func:`dicom_node.core.redact.reason_for`).
 
     Returns
     -------
     str
         ``"ValueError (PatientSex)"`` or just ``"ValueError"``.
     """
-    name = type(exc).__name__
-    keyword = keyword or _keyword_in(exc)
-    return f"{name} ({keyword})" if keyword else name
-
-
-def _keyword_in(exc: BaseException) -> str | None:
-    candidates: list[str] = []
-    attribute = getattr(exc, "name", None)
-    if isinstance(attribute, str):
-        candidates.append(attribute)
-    candidates.extend(re.findall(r"[A-Z][A-Za-z0-9]+", str(exc)))
-    for word in candidates:
-        for candidate in (word, word.removesuffix("Values")):
-            if candidate in keyword_dict:
-                return candidate
-    return None
+    return reason_for(exc, keyword)
 
 
 def first_of_study(headers: Sequence[Dataset], study_uid: str) -> Dataset:

@@ -13,6 +13,9 @@ TRACKING_IDENTIFIER = "112039"
 TRACKING_UID = "112040"
 FINDING_TYPE = "121071"
 SOURCE_IMAGE = "121112"
+QUALITATIVE_EVALUATIONS = "C0034375"
+NOT_ANALYSED_CODE = "IMGNOTANALYSED"
+"""Code value (scheme 99DCMNODE) of the TEXT items naming images that were not analysed."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,26 @@ def read_findings(report: Dataset) -> list[ReportedFinding]:
             continue
         for group in container.get("ContentSequence", []):
             found.append(_read_group(group, series_of))
+    return found
+
+
+def read_not_analysed(report: Dataset) -> list[tuple[str, str]]:
+    """Read the images a TID 1500 SR of this package names as not analysed.
+
+    Returns
+    -------
+    list of (str, str)
+        SOP Instance UID and reason, in document order; empty when every image
+        was analysed.
+    """
+    found: list[tuple[str, str]] = []
+    for container in report.get("ContentSequence", []):
+        if _concept(container) != QUALITATIVE_EVALUATIONS:
+            continue
+        for item in container.get("ContentSequence", []):
+            if item.ValueType == "TEXT" and _concept(item) == NOT_ANALYSED_CODE:
+                uid, _, reason = str(item.TextValue).partition(" - ")
+                found.append((uid, reason))
     return found
 
 

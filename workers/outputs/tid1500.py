@@ -15,6 +15,10 @@ Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
   DCM 122157 "Probability" in UCUM "1", and a qualitative evaluation
   SCT 52101004 "Present" / SCT 272519000 "Absent" at the label's threshold
   (present when probability >= threshold).
+- Qualitative Evaluations (UMLS C0034375, TID 1500 rows 10-12), only when images
+  of the analysis were not analysed: one TEXT item "Image not analysed"
+  (99DCMNODE IMGNOTANALYSED) per image, ``"<SOP Instance UID> - <reason>"``; the
+  reasons name attribute keywords, never values.
 
 Series and SOP Instance UIDs are derived (:func:`workers.outputs.findings.report_uids`),
 so a task that runs twice produces the same instance.
@@ -22,11 +26,17 @@ so a task that runs twice produces the same instance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from copy import deepcopy
+
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_node.core.contract import MANUFACTURER
 from dicom_node.core.errors import ReportError
+from dicom_node.core.ledger import SkippedImage
+from dicom_node.core.redact import captured_library_warnings
 from dicom_node.core.uids import derived_uid
 from models.weights import UNTRAINED_NOTICE
 from workers.outputs.findings import (
@@ -40,13 +50,12 @@ from workers.outputs.headers import (
     copy_patient_and_study,
     first_of_study,
     int_value,
-    quiet,
     safe_reason,
     stand_in,
     unique_headers,
 )
 from workers.outputs.library import image_library
-from workers.outputs.reader import ReportedFinding, read_findings
+from workers.outputs.reader import NOT_ANALYSED_CODE, ReportedFinding, read_findings
 
 __all__ = [
     "PROFILE",
@@ -60,13 +69,18 @@ __all__ = [
 PROFILE = "tid1500"
 PROBABILITY = codes.DCM.Probability
 UNIT_ONE = hd.sr.CodedConcept("1", "UCUM", "no units")
+CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 SERIES_NUMBER = 9901
-MANUFACTURER = "dicom-node"
 UNTRAINED_TAG = "UNTRAINED"
 INTENDED_USE_CHARS = 200
+LOOKUP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+"""Secondary Capture Image Storage: the class highdicom looks the first evidence item up under."""
+LOCAL_SCHEME = "99DCMNODE"
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+NOT_ANALYSED = hd.sr.CodedConcept(NOT_ANALYSED_CODE, LOCAL_SCHEME, "Image not analysed")
 
 
 def build_tid1500(inp: ReportInput) -> Dataset:
@@ -92,9 +106,9 @@ def build_tid1500(inp: ReportInput) -> Dataset:
         highdicom refuses the content. The message names the stage, the exception
         class and at most a DICOM keyword, never a value from a source header.
     """
-    with quiet():
+    with captured_library_warnings():
         report = _build(inp)
-    _declare_local_schemes(report, inp.manifest)
+    _declare_local_schemes(report, inp.manifest, extra=[LOCAL_SCHEME] if inp.skipped else [])
     return report
 
 
@@ -119,9 +133,13 @@ def _build(inp: ReportInput) -> Dataset:
         )
         stage = "image library"
         _insert_before_measurements(content, image_library(sources))
+        if inp.skipped:
+            stage = "images not analysed"
+            content[0].ContentSequence.append(not_analysed(inp.skipped))
         stage = "document"
+        stand_ins = [stand_in(ds) for ds in ordered]
         report = hd.sr.Comprehensive3DSR(
-            evidence=[stand_in(ds) for ds in ordered],
+            evidence=_for_highdicom(stand_ins),
             content=content,
             series_instance_uid=series_uid,
             series_number=SERIES_NUMBER,
@@ -131,6 +149,7 @@ def _build(inp: ReportInput) -> Dataset:
             is_complete=True,
             series_description=series_description(inp),
         )
+        _restore_evidence_classes(report, stand_ins)
         stage = "patient and study"
         copy_patient_and_study(report, primary)
     except ReportError:
@@ -140,6 +159,32 @@ def _build(inp: ReportInput) -> Dataset:
             f"cannot build {PROFILE} SR for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
         ) from exc
     return report
+
+
+def _for_highdicom(stand_ins: list[Dataset]) -> list[Dataset]:
+    """The evidence list for highdicom, its first item under a SOP class highdicom knows.
+
+    highdicom looks up the IOD of the first evidence item's SOP class to copy its
+    patient and study modules (from a stand-in that holds none; we copy them after)
+    and fails on a class its tables lack: retired ones such as Ultrasound Image
+    Storage (Retired) 1.2.840.10008.5.1.4.1.1.6, or a private one. The first item
+    is therefore passed as Secondary Capture; :func:`_restore_evidence_classes`
+    puts the true class back into the evidence references.
+    """
+    first = deepcopy(stand_ins[0])
+    first.SOPClassUID = LOOKUP_SOP_CLASS
+    return [first, *stand_ins[1:]]
+
+
+def _restore_evidence_classes(report: Dataset, stand_ins: list[Dataset]) -> None:
+    """Reference each evidence instance under its own SOP Class UID (see :func:`_for_highdicom`)."""
+    classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in stand_ins}
+    for keyword in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+        for study in report.get(keyword, []):
+            for series in study.get("ReferencedSeriesSequence", []):
+                for item in series.get("ReferencedSOPSequence", []):
+                    uid = str(item.ReferencedSOPInstanceUID)
+                    item.ReferencedSOPClassUID = classes.get(uid, item.ReferencedSOPClassUID)
 
 
 def series_description(inp: ReportInput) -> str:
@@ -258,6 +303,34 @@ def _group(
     )
 
 
+def not_analysed(skipped: Sequence[SkippedImage]) -> hd.sr.ContainerContentItem:
+    """TID 1500 Qualitative Evaluations: one TEXT "Image not analysed" per skipped image.
+
+    Parameters
+    ----------
+    skipped : sequence of SkippedImage
+        SOP Instance UID and reason (keywords, never values) of each image.
+
+    Returns
+    -------
+    highdicom.sr.ContainerContentItem
+        CONTAINER (C0034375, UMLS, "Qualitative Evaluations"), relationship
+        CONTAINS, for the TID 1500 root; each TEXT value ``"<uid> - <reason>"``.
+    """
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=NOT_ANALYSED,
+                value=f"{item.sop_instance_uid} - {item.reason}",
+                relationship_type=CONTAINS,
+            )
+            for item in skipped
+        ]
+    )
+    return container
+
+
 def _insert_before_measurements(content: hd.sr.MeasurementReport, item: Dataset) -> None:
     """Put the Image Library where TID 1500 wants it: before Imaging Measurements."""
     children = content[0].ContentSequence
@@ -268,14 +341,18 @@ def _insert_before_measurements(content: hd.sr.MeasurementReport, item: Dataset)
     children.insert(at, item)
 
 
-def _declare_local_schemes(report: Dataset, manifest: ManifestLike) -> None:
+def _declare_local_schemes(
+    report: Dataset, manifest: ManifestLike, extra: Sequence[str] = ()
+) -> None:
     """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1)."""
-    local = sorted({lb.code.scheme for lb in manifest.labels if lb.code.scheme[:2] == "99"})
+    local = sorted(
+        {lb.code.scheme for lb in manifest.labels if lb.code.scheme[:2] == "99"} | set(extra)
+    )
     items = []
     for scheme in local:
         item = Dataset()
         item.CodingSchemeDesignator = scheme
-        item.CodingSchemeName = f"{MANUFACTURER} local finding codes ({manifest.id})"[:64]
+        item.CodingSchemeName = f"{MANUFACTURER} local codes ({manifest.id})"[:64]
         item.CodingSchemeResponsibleOrganization = MANUFACTURER
         items.append(item)
     if items:

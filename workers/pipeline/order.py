@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset
 
+from models.preprocessing.attributes import is_uid
+
 
 @dataclass(frozen=True)
 class Image:
@@ -34,13 +36,23 @@ class Image:
 
     @property
     def sop_instance_uid(self) -> str:
-        """SOP Instance UID, or the file stem when it is missing."""
-        return str(self.header.get("SOPInstanceUID", "") or self.path.stem)
+        """SOP Instance UID, or the file stem (the spool names files by it) when unusable."""
+        value = uid_text(self.header, "SOPInstanceUID")
+        return value if is_uid(value) else self.path.stem
 
     @property
     def series_uid(self) -> str:
-        """Series Instance UID, or ``""`` when it is missing."""
-        return str(self.header.get("SeriesInstanceUID", "") or "")
+        """Series Instance UID, or ``""`` when it is missing or unreadable."""
+        return uid_text(self.header, "SeriesInstanceUID")
+
+
+def uid_text(header: Dataset, keyword: str) -> str:
+    """A UID attribute as stripped text; ``""`` when missing, multi-valued or unreadable."""
+    try:
+        value = header.get(keyword)
+    except Exception:  # an undecodable element
+        return ""
+    return value.strip(" \x00") if isinstance(value, str) else ""
 
 
 def patient_axis_position(header: Dataset) -> float | None:
@@ -54,21 +66,24 @@ def patient_axis_position(header: Dataset) -> float | None:
     try:
         orientation = np.asarray([float(v) for v in header.ImageOrientationPatient], np.float64)
         position = np.asarray([float(v) for v in header.ImagePositionPatient], np.float64)
-    except (AttributeError, TypeError, ValueError):
+    except Exception:  # missing, not numbers, or undecodable
         return None
     if orientation.shape != (6,) or position.shape != (3,):
         return None
+    if not (np.isfinite(orientation).all() and np.isfinite(position).all()):
+        return None
     normal = np.cross(orientation[:3], orientation[3:])
-    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
+    if np.linalg.norm(normal) < 1e-6:
         return None
     return float(np.dot(normal, position))
 
 
 def _instance_number(header: Dataset) -> float:
     try:
-        return float(header.get("InstanceNumber", "nan"))
-    except (TypeError, ValueError):
+        number = float(header.get("InstanceNumber", "nan"))
+    except Exception:  # multi-valued, not a number, or undecodable
         return float("nan")
+    return number if np.isfinite(number) else float("nan")
 
 
 def sort_slices(images: Sequence[Image]) -> list[Image]:

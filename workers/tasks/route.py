@@ -7,13 +7,32 @@ import logging
 from celery import Task
 
 from dicom_node.core.contract import ANALYZE_TASK, Analyze, RouteStudy, TaskOutcome, model_queue
-from dicom_node.core.ledger import AnalysisSpec, AnalysisState, StudyState
+from dicom_node.core.ledger import (
+    AnalysisSnapshot,
+    AnalysisSpec,
+    AnalysisState,
+    Ledger,
+    StudyState,
+)
 from models.routing import read_headers, route
 from workers.context import current
 
 log = logging.getLogger(__name__)
 
 NO_MODEL = "no applicable model"
+
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 60,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 5.0,
+}
+"""How long an ``analyze`` message waits for the broker: about 5 minutes.
+
+Long on purpose: with the broker gone, ``task.retry`` cannot publish either
+(Celery then rejects the message, and the study would stay ``queued``), and
+nothing else can run meanwhile anyway.
+"""
 
 
 def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
@@ -65,14 +84,7 @@ def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
     try:
         for analysis in analyses:
             if analysis.state == AnalysisState.QUEUED:  # not started by an earlier run
-                _publish(
-                    task,
-                    request,
-                    analysis.id,
-                    analysis.model_id,
-                    analysis.model_version,
-                    paths[analysis.model_id],
-                )
+                _publish(task, ledger, request, analysis, paths[analysis.model_id])
     except Exception as exc:  # the broker went away mid-way: the study waits, then goes on
         log.warning(
             "study %s: cannot publish its analyses (%s); retrying",
@@ -88,23 +100,31 @@ def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
 
 def _publish(
     task: Task,
+    ledger: Ledger,
     request: RouteStudy,
-    analysis_id: int,
-    model_id: str,
-    model_version: str,
+    analysis: AnalysisSnapshot,
     paths: list[str],
 ) -> None:
+    """Send one ``analyze`` message, after keeping it in the ledger.
+
+    The stored message is what the SCP's stall sweeper
+    (:mod:`dicom_node.ingest.recovery`) publishes again, unchanged, if the
+    worker that runs it dies with it.
+    """
     payload = Analyze(
-        analysis_id=analysis_id,
+        analysis_id=analysis.id,
         study_uid=request.study_uid,
         generation=request.generation,
-        model_id=model_id,
-        model_version=model_version,
+        model_id=analysis.model_id,
+        model_version=analysis.model_version,
         paths=paths,
     )
+    ledger.record_dispatch(analysis.id, payload.model_dump_json())
     task.app.send_task(
         ANALYZE_TASK,
         kwargs={"request": payload.model_dump(mode="json")},
         task_id=payload.task_id,
-        queue=model_queue(model_id),
+        queue=model_queue(analysis.model_id),
+        retry=True,
+        retry_policy=PUBLISH_RETRY_POLICY,
     )

@@ -9,7 +9,13 @@ from typing import Any
 from sqlalchemy import select, update
 
 from dicom_node.core.ledger.base import LedgerBase, guard, rowcount, transition_values
-from dicom_node.core.ledger.records import AnalysisSnapshot, AnalysisSpec
+from dicom_node.core.ledger.records import (
+    AnalysisSnapshot,
+    AnalysisSpec,
+    SkippedImage,
+    StalledAnalysis,
+    encode_skipped,
+)
 from dicom_node.core.ledger.schema import analyses, studies
 from dicom_node.core.ledger.states import AnalysisState, Level
 
@@ -132,3 +138,58 @@ class AnalysisRows(LedgerBase):
         )
         with self._tx() as conn:
             return bool(rowcount(conn.execute(stmt)))
+
+    def record_dispatch(self, analysis_id: int, payload: str) -> None:
+        """Keep the ``analyze`` message (JSON) that was published for an analysis.
+
+        The stall sweeper publishes it again, unchanged, if the worker that
+        ran it died (:meth:`stalled_analyses`).
+        """
+        with self._tx() as conn:
+            conn.execute(
+                update(analyses).where(analyses.c.id == analysis_id).values(payload=payload)
+            )
+
+    def record_skipped(self, analysis_id: int, skipped: Sequence[SkippedImage]) -> None:
+        """Record the images an analysis could not use, with their reasons (no PHI)."""
+        with self._tx() as conn:
+            conn.execute(
+                update(analyses)
+                .where(analyses.c.id == analysis_id)
+                .values(skipped=encode_skipped(skipped))
+            )
+
+    def stalled_analyses(self, older_than: float) -> list[StalledAnalysis]:
+        """Analyses of current generations ``running`` since before ``older_than``.
+
+        Parameters
+        ----------
+        older_than : float
+            Epoch seconds; ``started_at`` (reset by :meth:`requeue_analysis`)
+            must be earlier.
+        """
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(analyses.c.id, analyses.c.task_id, analyses.c.payload, analyses.c.requeues)
+                .where(analyses.c.state == _A.RUNNING)
+                .where(analyses.c.started_at < older_than)
+                .where(analyses.c.generation == self._study_generation())
+                .order_by(analyses.c.started_at)
+            ).all()
+        return [StalledAnalysis(r[0], r[1], r[2], r[3] or 0) for r in rows]
+
+    def requeue_analysis(self, analysis_id: int, reason: str) -> bool:
+        """Count one re-publication of a ``running`` analysis and restart its clock.
+
+        Returns
+        -------
+        bool
+            False if it is no longer ``running`` (it finished meanwhile).
+        """
+        with self._tx() as conn:
+            result = conn.execute(
+                update(analyses)
+                .where(analyses.c.id == analysis_id, analyses.c.state == _A.RUNNING)
+                .values(requeues=analyses.c.requeues + 1, started_at=time.time(), reason=reason)
+            )
+            return bool(rowcount(result))

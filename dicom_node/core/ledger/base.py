@@ -115,6 +115,9 @@ class LedgerBase:
     upgrade : bool, optional
         Upgrade the schema to this release first (default). With False (for
         read-only commands), a schema that is not at head raises instead.
+    durable_commits : bool, optional
+        SQLite: fsync every commit (default). The SCP passes False: its spool
+        is the source of truth and is reconciled with the ledger at start.
 
     Raises
     ------
@@ -123,7 +126,7 @@ class LedgerBase:
         or the database cannot be reached.
     """
 
-    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str, *, upgrade: bool = True, durable_commits: bool = True) -> None:
         self.url = url
         if upgrade:
             _upgrade_ledger(url)
@@ -131,7 +134,7 @@ class LedgerBase:
             current, head = current_revision(url), head_revision()
             if current != head:
                 raise LedgerError(outdated_message(current, head))
-        self._engine: Engine = make_engine(url)
+        self._engine: Engine = make_engine(url, synchronous="FULL" if durable_commits else "NORMAL")
 
     def dispose(self) -> None:
         """Close pooled connections."""

@@ -40,7 +40,9 @@ def sqlite_path(url: str) -> str | None:
     return database
 
 
-def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
+def make_engine(
+    url: str, *, foreign_keys: bool = True, synchronous: str = "FULL", **kwargs: Any
+) -> Engine:
     """An engine for ``url``.
 
     Parameters
@@ -49,6 +51,10 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
         SQLAlchemy database URL.
     foreign_keys : bool, optional
         SQLite only: enforce foreign keys. Default True.
+    synchronous : {"FULL", "NORMAL"}, optional
+        SQLite only. ``FULL`` fsyncs the WAL at every commit. ``NORMAL`` is
+        used where a source of truth on disk can rebuild the last commits
+        after a power loss (the SCP: the spool is reconciled at start).
     **kwargs
         Passed to :func:`sqlalchemy.create_engine` (``poolclass`` …).
 
@@ -65,7 +71,7 @@ def make_engine(url: str, *, foreign_keys: bool = True, **kwargs: Any) -> Engine
     if engine.dialect.name == "sqlite":
         pragmas = (
             "PRAGMA journal_mode=WAL",
-            "PRAGMA synchronous=FULL",
+            f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}",
             "PRAGMA busy_timeout=30000",
             f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}",
         )

@@ -62,7 +62,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The schema revision of this release (``"0002"``)."""
+    """The schema revision of this release (``"0003"``)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "the packaged migrations have no head"
     return head

@@ -6,7 +6,9 @@ Snapshots are frozen copies of rows: changing the ledger never changes one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Self
 
@@ -22,6 +24,20 @@ def _copy(cls: type[Any], row: Mapping[Any, Any], state: Any) -> dict[str, Any]:
     return values
 
 
+class InstanceRole(enum.StrEnum):
+    """What a stored instance may start.
+
+    ``image`` may start (or reopen) an analysis. ``non_image`` (SR, KOS, PR,
+    SEG, …) and ``own_output`` (an object this node produced, forwarded back
+    by a PACS) are stored and listed, but never start an analysis and never
+    reopen a study: the loop guard.
+    """
+
+    IMAGE = "image"
+    NON_IMAGE = "non_image"
+    OWN_OUTPUT = "own_output"
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """What the C-STORE handler knows about a durably stored instance (UIDs and AE only)."""
@@ -33,6 +49,37 @@ class InstanceRecord:
     transfer_syntax_uid: str
     path: str
     calling_ae: str | None
+    role: InstanceRole = InstanceRole.IMAGE
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image an analysis could not use, and why (a keyword-level reason, no values)."""
+
+    sop_instance_uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StalledAnalysis:
+    """A ``running`` analysis past its deadline, with the message that started it.
+
+    Attributes
+    ----------
+    id : int
+        Ledger id.
+    task_id : str or None
+        Deterministic Celery task id.
+    payload : str or None
+        The ``analyze`` message as published (JSON); None for rows older than 0.3.
+    requeues : int
+        How many times it was published again already.
+    """
+
+    id: int
+    task_id: str | None
+    payload: str | None
+    requeues: int
 
 
 @dataclass(frozen=True)
@@ -100,6 +147,8 @@ class AnalysisSnapshot:
     queued_at: float
     started_at: float | None
     finished_at: float | None
+    requeues: int = 0
+    skipped: tuple[SkippedImage, ...] = ()
 
     @property
     def untrained(self) -> bool:
@@ -108,8 +157,31 @@ class AnalysisSnapshot:
 
     @classmethod
     def of(cls, row: Mapping[Any, Any]) -> Self:
-        """Copy an ``analyses`` row."""
-        return cls(**_copy(cls, row, AnalysisState))
+        """Copy an ``analyses`` row (``skipped`` is decoded from its JSON column)."""
+        values = _copy(cls, row, AnalysisState)
+        values["requeues"] = row["requeues"] or 0
+        values["skipped"] = decode_skipped(row["skipped"])
+        return cls(**values)
+
+
+def encode_skipped(skipped: Sequence[SkippedImage]) -> str | None:
+    """The ``analyses.skipped`` column value: JSON, or None for an empty list."""
+    if not skipped:
+        return None
+    return json.dumps(
+        [{"sop_instance_uid": s.sop_instance_uid, "reason": s.reason} for s in skipped]
+    )
+
+
+def decode_skipped(text: str | None) -> tuple[SkippedImage, ...]:
+    """Decode the ``analyses.skipped`` column; unreadable JSON gives an empty tuple."""
+    if not text:
+        return ()
+    try:
+        items = json.loads(text)
+        return tuple(SkippedImage(str(i["sop_instance_uid"]), str(i["reason"])) for i in items)
+    except (ValueError, KeyError, TypeError):
+        return ()
 
 
 @dataclass(frozen=True)

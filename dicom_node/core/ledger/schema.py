@@ -64,6 +64,7 @@ instances = Table(
     Column("path", Text, nullable=False),
     Column("calling_ae", String(16)),
     Column("received_at", Float, nullable=False),
+    Column("role", String(16), nullable=False, server_default="image"),
     Index("ix_instances_study_uid", "study_uid"),
 )
 
@@ -85,6 +86,9 @@ analyses = Table(
     Column("queued_at", Float, nullable=False),
     Column("started_at", Float),
     Column("finished_at", Float),
+    Column("payload", Text),
+    Column("requeues", Integer, nullable=False, server_default="0"),
+    Column("skipped", Text),
     UniqueConstraint(
         "study_uid", "generation", "model_id", "model_version", name="uq_analyses_natural_key"
     ),

@@ -33,6 +33,9 @@ class Ledger(StudyRows, AnalysisRows, OutputRows):
     upgrade : bool, optional
         Upgrade the schema to this release first (default; under a file lock).
         With False (read-only commands), a schema not at head raises instead.
+    durable_commits : bool, optional
+        SQLite: fsync every commit (default). The SCP passes False; its spool
+        is the source of truth, reconciled with the ledger at start.
 
     Raises
     ------

@@ -5,15 +5,31 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from dicom_node.core.ledger.base import LedgerBase, guard, rowcount, transition_values
-from dicom_node.core.ledger.records import InstanceRecord, StudyView
-from dicom_node.core.ledger.schema import analyses, instances, studies
+from dicom_node.core.ledger.records import InstanceRecord, InstanceRole, StudyView
+from dicom_node.core.ledger.schema import analyses, instances, reports, studies
 from dicom_node.core.ledger.states import AnalysisState, Level, StudyState
 from dicom_node.core.ledger.views import study_views
 
 _A, _S = AnalysisState, StudyState
+
+NO_IMAGES = "no images: only non-image objects (SR, KOS, PR, SEG …) or our own outputs"
+
+
+def _instance_row(rec: InstanceRecord, now: float) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": rec.sop_instance_uid,
+        "study_uid": rec.study_uid,
+        "series_uid": rec.series_uid,
+        "sop_class_uid": rec.sop_class_uid,
+        "transfer_syntax_uid": rec.transfer_syntax_uid,
+        "path": rec.path,
+        "calling_ae": rec.calling_ae,
+        "received_at": now,
+        "role": rec.role.value,
+    }
 
 
 class StudyRows(LedgerBase):
@@ -33,11 +49,14 @@ class StudyRows(LedgerBase):
         -------
         bool
             True if the instance is new; False for a re-send of a known SOP
-            Instance UID (its file was replaced; the study is not reopened). A
-            new instance for a study that left ``receiving`` reopens it as the
-            next generation and supersedes its queued and running analyses.
+            Instance UID (the study is not reopened). A new image for a study
+            that left ``receiving`` reopens it as the next generation and
+            supersedes its queued and running analyses. Instances whose role
+            is not ``image`` never change their study's state (loop guard).
         """
         now = time.time() if now is None else now
+        if rec.role != InstanceRole.IMAGE:
+            return self._record_non_image(rec, now)
         s = studies.c
         with self._tx() as conn:
             self._insert_ignore(
@@ -53,20 +72,7 @@ class StudyRows(LedgerBase):
                     "last_received_at": now,
                 },
             )
-            new = self._insert_ignore(
-                conn,
-                instances,
-                {
-                    "sop_instance_uid": rec.sop_instance_uid,
-                    "study_uid": rec.study_uid,
-                    "series_uid": rec.series_uid,
-                    "sop_class_uid": rec.sop_class_uid,
-                    "transfer_syntax_uid": rec.transfer_syntax_uid,
-                    "path": rec.path,
-                    "calling_ae": rec.calling_ae,
-                    "received_at": now,
-                },
-            )
+            new = self._insert_ignore(conn, instances, _instance_row(rec, now))
             this = studies.c.study_uid == rec.study_uid
             if not new:
                 conn.execute(
@@ -107,6 +113,71 @@ class StudyRows(LedgerBase):
                 )
             return True
 
+    def _record_non_image(self, rec: InstanceRecord, now: float) -> bool:
+        """Record a non-image or own-output instance without touching its study's state.
+
+        A study first seen through such an object gets a row at generation 0
+        in ``not_applicable``; its first image reopens it as generation 1.
+        """
+        with self._tx() as conn:
+            self._insert_ignore(
+                conn,
+                studies,
+                {
+                    "study_uid": rec.study_uid,
+                    "state": _S.NOT_APPLICABLE,
+                    "generation": 0,
+                    "reason": NO_IMAGES,
+                    "calling_ae": rec.calling_ae,
+                    "instance_count": 0,
+                    "first_received_at": now,
+                    "last_received_at": now,
+                },
+            )
+            return self._insert_ignore(conn, instances, _instance_row(rec, now))
+
+    def instance_exists(self, sop_instance_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is recorded."""
+        with self._tx() as conn:
+            found = conn.scalar(
+                select(instances.c.sop_instance_uid).where(
+                    instances.c.sop_instance_uid == sop_instance_uid
+                )
+            )
+        return found is not None
+
+    def is_receiving(self, study_uid: str) -> bool:
+        """Whether the study exists and is in ``receiving`` (more of its images may come)."""
+        with self._tx() as conn:
+            state = conn.scalar(select(studies.c.state).where(studies.c.study_uid == study_uid))
+        return state == _S.RECEIVING
+
+    def produced_here(self, sop_instance_uid: str) -> bool:
+        """Whether this SOP Instance UID is one of the reports this node wrote (loop guard)."""
+        with self._tx() as conn:
+            found = conn.scalar(
+                select(reports.c.id).where(reports.c.sop_instance_uid == sop_instance_uid)
+            )
+        return found is not None
+
+    def pending_studies(self) -> int:
+        """How many studies wait for the workers: queued, or routed with an unfinished analysis."""
+        unfinished = (
+            select(analyses.c.study_uid)
+            .where(analyses.c.state.in_([_A.QUEUED, _A.RUNNING]))
+            .distinct()
+        )
+        with self._tx() as conn:
+            queued = conn.scalar(
+                select(func.count()).select_from(studies).where(studies.c.state == _S.QUEUED)
+            )
+            routed = conn.scalar(
+                select(func.count())
+                .select_from(studies)
+                .where(studies.c.state == _S.ROUTED, studies.c.study_uid.in_(unfinished))
+            )
+        return int(queued or 0) + int(routed or 0)
+
     def due_studies(self, quiet_seconds: float, now: float | None = None) -> list[tuple[str, int]]:
         """Studies in ``receiving`` with no instance for ``quiet_seconds``.
 
@@ -126,12 +197,13 @@ class StudyRows(LedgerBase):
         return [(r[0], r[1]) for r in rows]
 
     def instance_paths(self, study_uid: str) -> list[str]:
-        """Spool paths of a study's instances, in arrival order."""
+        """Spool paths of a study's images (role ``image``), in arrival order."""
         with self._tx() as conn:
             return list(
                 conn.scalars(
                     select(instances.c.path)
                     .where(instances.c.study_uid == study_uid)
+                    .where(instances.c.role == InstanceRole.IMAGE)
                     .order_by(instances.c.received_at, instances.c.sop_instance_uid)
                 )
             )
