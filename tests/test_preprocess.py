@@ -18,7 +18,9 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.tag import Tag
 from skimage.transform import resize as sk_resize
 
 from dicom_node.core.errors import PixelDataError
@@ -248,6 +250,75 @@ def test_voi_window_matches_pydicom_and_absent_voi_is_a_no_op() -> None:
     plain = synthetic(RAMP)
     assert voi_range(plain) is None
     np.testing.assert_array_equal(run([{"step": "voi_lut"}], plain), RAMP[None])
+
+
+def raw(ds: Dataset, keyword: str, vr: str, value: bytes) -> Dataset:
+    """Put bytes into a header as a careless modality writes them, without pydicom's checks."""
+    tag = Tag(keyword)
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    return ds
+
+
+MURA_VOI = [
+    {"step": "modality_lut"},
+    {"step": "voi_lut"},
+    {"step": "normalize", "source": "voi_range", "fallback": "image_minmax"},
+]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "value", "reason"),
+    [
+        ("WindowCenter", "DS", b"abc\\def", "WindowCenter (0028,1050) is not a number"),
+        ("WindowCenter", "DS", b"40\\50", "WindowCenter (0028,1050) and WindowWidth (0028,1051)"),
+        ("WindowCenter", "CS", b"40", "WindowCenter (0028,1050) is not a number"),  # text VR
+        ("WindowWidth", "DS", b"0", "WindowWidth (0028,1051) is too small for LINEAR"),
+        ("WindowWidth", "DS", b"1e999", "WindowWidth (0028,1051) is not a finite number"),
+        ("VOILUTFunction", "CS", b"GAMMA", "VOILUTFunction (0028,1056) has an unknown value"),
+        ("RescaleSlope", "DS", b"", "RescaleSlope (0028,1053) is empty"),
+        ("RescaleIntercept", "LO", b"Doe^Jane", "RescaleIntercept (0028,1052) is not a number"),
+    ],
+)
+def test_malformed_voi_and_rescale_are_named_reasons(
+    keyword: str, vr: str, value: bytes, reason: str
+) -> None:
+    ds = synthetic(RAMP, WindowCenter=1000, WindowWidth=1000, RescaleSlope=1, RescaleIntercept=0)
+    with pytest.raises(PixelDataError) as caught:
+        run(MURA_VOI, raw(ds, keyword, vr, value))
+    assert reason in str(caught.value)
+    assert "Doe" not in str(caught.value) and "abc" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (lambda ds: delattr(ds, "Rows"), "Rows (0028,0010) is missing"),
+        (lambda ds: raw(ds, "Columns", "LO", b"512"), "Columns (0028,0011) is not an integer"),
+        (lambda ds: raw(ds, "BitsAllocated", "US", b"\x0c\x00"), "BitsAllocated (0028,0100) 12"),
+        (lambda ds: raw(ds, "Rows", "US", b"\x01"), "Rows (0028,0010) cannot be read"),
+        (lambda ds: setattr(ds, "SamplesPerPixel", 3), "SamplesPerPixel (0028,0002) does not fit"),
+        (lambda ds: setattr(ds, "NumberOfFrames", 9), "pixel data is truncated: 8 bytes, 72"),
+        (lambda ds: setattr(ds, "PixelData", b""), "PixelData (7FE0,0010) is empty"),
+        (
+            lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.4.110"),
+            "no decoder for transfer syntax 1.2.840.10008.1.2.4.110",
+        ),
+        (lambda ds: setattr(ds, "PhotometricInterpretation", "E2E-MIXED-0042"), "(invalid value)"),
+    ],
+)
+def test_undecodable_headers_are_specific_reasons(spoil: Any, reason: str) -> None:
+    ds = synthetic(RAMP)
+    spoil(ds)
+    with pytest.raises(PixelDataError) as caught:
+        decode_first_frame(ds)
+    assert reason in str(caught.value)
+    assert "E2E" not in str(caught.value)
+
+
+def test_a_constant_image_is_blank() -> None:
+    with pytest.raises(PixelDataError, match=r"^image is constant \(blank\)$"):
+        run([{"step": "gray_to_rgb"}], synthetic(np.full((4, 4), 9, np.uint16)))
 
 
 # --- MONOCHROME1 ---------------------------------------------------------------------------

@@ -146,7 +146,7 @@ class BoundedAssociationSocket(AssociationSocket):
         if self._negotiating:
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("association negotiation did not finish within the ACSE timeout")
+                raise TimeoutError("timed out")
             sock.settimeout(remaining)
             self._timeout = None
         elif self._timeout != self._network_timeout:
@@ -202,8 +202,18 @@ class BoundedAssociationSocket(AssociationSocket):
         while received < nr_bytes:
             if received == len(buffer):
                 buffer.extend(bytes(min(len(buffer), nr_bytes - len(buffer))))
-            self._arm(sock)
-            count = sock.recv_into(memoryview(buffer)[received:])
+            try:
+                self._arm(sock)
+                count = sock.recv_into(memoryview(buffer)[received:])
+            except TimeoutError:
+                log.warning(
+                    "connection from %s dropped: %s",
+                    self.assoc.requestor.address,
+                    "association not negotiated within the ACSE timeout"
+                    if self._negotiating
+                    else f"silent for {self._network_timeout:g} s (network timeout)",
+                )
+                raise
             if count == 0:
                 del buffer[received:]
                 break
@@ -429,8 +439,9 @@ class NodeAssociationServer(ThreadedAssociationServer):
                     entry.sock.shutdown(socket.SHUT_WR)
                 except OSError:
                     entry.deadline = now
+                else:
+                    entry.deadline = now + _LINGER_SECONDS
                 entry.answered = True
-                entry.deadline = min(entry.deadline, now + _LINGER_SECONDS)
             if entry.deadline <= now:
                 _drain_and_close(entry.sock)
             else:

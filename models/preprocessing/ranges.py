@@ -66,8 +66,8 @@ def check_modality_lut(ds: Dataset) -> None:
     ------
     PixelDataError
         If Rescale Slope or Intercept is not a single finite number, is empty
-        while the other is present, or the slope is 0, or the first Modality LUT Sequence item has no usable LUT
-        Descriptor or LUT Data.
+        while the other is present, or the slope is 0, or the first Modality
+        LUT Sequence item has no usable LUT Descriptor or LUT Data.
     """
     slope = single_number(ds, "RescaleSlope")
     intercept = single_number(ds, "RescaleIntercept")

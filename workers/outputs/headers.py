@@ -35,6 +35,7 @@ from pydicom.valuerep import PersonName, validate_value
 
 from dicom_node.core.errors import ReportError
 from dicom_node.core.redact import reason_for
+from models.preprocessing.attributes import is_uid
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,17 @@ def uid_of(ds: Dataset, keyword: str) -> str:
     Raises
     ------
     ReportError
-        If it is missing or empty (the message names the keyword only).
+        If it is missing, empty or not a valid UID (PS3.5 9.1); the message names
+        the keyword only.
     """
     try:
-        value = str(ds.get(keyword) or "").strip()
+        value = str(ds.get(keyword) or "").strip(" \x00")
     except Exception as exc:  # a malformed element that pydicom cannot convert
         raise ReportError(f"source header: {safe_reason(exc, keyword)}") from exc
     if not value:
         raise ReportError(f"source header lacks {keyword}")
+    if not is_uid(value):
+        raise ReportError(f"source header: {keyword} is not a valid UID")
     return value
 
 
