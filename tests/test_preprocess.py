@@ -296,7 +296,7 @@ def test_malformed_voi_and_rescale_are_named_reasons(
         (lambda ds: delattr(ds, "Rows"), "Rows (0028,0010) is missing"),
         (lambda ds: raw(ds, "Columns", "LO", b"512"), "Columns (0028,0011) is not an integer"),
         (lambda ds: raw(ds, "BitsAllocated", "US", b"\x0c\x00"), "BitsAllocated (0028,0100) 12"),
-        (lambda ds: raw(ds, "Rows", "US", b"\x01"), "Rows (0028,0010) cannot be read"),
+        (lambda ds: raw(ds, "Rows", "UL", b"\x01\x00"), "Rows (0028,0010) cannot be read"),
         (lambda ds: setattr(ds, "SamplesPerPixel", 3), "SamplesPerPixel (0028,0002) does not fit"),
         (lambda ds: setattr(ds, "NumberOfFrames", 9), "pixel data is truncated: 8 bytes, 72"),
         (lambda ds: setattr(ds, "PixelData", b""), "PixelData (7FE0,0010) is empty"),
@@ -304,7 +304,7 @@ def test_malformed_voi_and_rescale_are_named_reasons(
             lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", "1.2.840.10008.1.2.4.110"),
             "no decoder for transfer syntax 1.2.840.10008.1.2.4.110",
         ),
-        (lambda ds: setattr(ds, "PhotometricInterpretation", "E2E-MIXED-0042"), "(invalid value)"),
+        (lambda ds: raw(ds, "PhotometricInterpretation", "CS", b"E2E-MIXED-0042"), "(invalid"),
     ],
 )
 def test_undecodable_headers_are_specific_reasons(spoil: Any, reason: str) -> None:
