@@ -120,11 +120,15 @@ def run_worker(
     """
     if not model_ids:
         raise ConfigError("a worker needs at least one model (--models)")
+    from dicom_node.core.redact import capture_library_warnings
+
+    capture_library_warnings()  # pydicom/highdicom warnings quote values (PHI)
     app = create_app(settings)
 
     def init_process(**_: Any) -> None:
         from workers.context import init_context
 
+        capture_library_warnings()
         init_context(settings, model_ids).warm_up()
 
     worker_process_init.connect(init_process, weak=False)
