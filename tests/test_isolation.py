@@ -48,12 +48,11 @@ from dicom_node.core.ledger import (
     Ledger,
     StudyState,
 )
-from dicom_node.core.settings import Settings
 from models.backends.base import LoadedModel
 from models.registry import ModelRegistry
 from models.weights.info import WeightsInfo
-from workers.app import create_app
-from workers.context import WorkerContext, init_context
+from tests.test_tasks import task_chain
+from workers.context import WorkerContext
 from workers.outputs import build_report
 from workers.outputs.reader import read_findings, read_not_analysed
 from workers.pipeline.run import run_analysis
@@ -150,19 +149,7 @@ pytestmark = pytest.mark.filterwarnings(
 def node(
     tmp_path: Path, redis_url: str, models_dir: Path
 ) -> Iterator[tuple[Celery, WorkerContext, redis.Redis]]:
-    db = int(tmp_path.stat().st_ino % 15) + 1  # a Redis database of its own per test
-    url = redis_url.rsplit("/", 1)[0] + f"/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    settings = Settings(
-        data_dir=tmp_path / "node",
-        models_dir=models_dir,
-        broker_url=url,
-        allow_demo_weights=True,
-        models=ICH,
-    )
-    ctx = init_context(settings)
-    app = create_app(settings, with_results=True)
+    app, ctx, client = task_chain(tmp_path, redis_url, models_dir, ICH, with_results=True)
     app.conf.task_store_eager_result = True  # apply() stores its result in Redis
     yield app, ctx, client
     ctx.ledger.dispose()

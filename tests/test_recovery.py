@@ -351,10 +351,13 @@ def _later() -> float:
     return time.time() + STALL + 1
 
 
-def test_publisher_and_workers_share_the_visibility_timeout() -> None:
-    from workers.app import VISIBILITY_TIMEOUT_SECONDS
+def test_publisher_and_workers_share_the_visibility_timeout(tmp_path: Path) -> None:
+    from workers.app import create_app
 
-    assert publisher.VISIBILITY_TIMEOUT_SECONDS == VISIBILITY_TIMEOUT_SECONDS
+    settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")
+    ours = publisher.publisher_app(settings).conf.broker_transport_options
+    workers = create_app(settings, with_results=False).conf.broker_transport_options
+    assert ours["visibility_timeout"] == workers["visibility_timeout"]
 
 
 def test_sweeper_republishes_a_lost_task_once_per_deadline_and_never_a_held_one(

@@ -47,10 +47,10 @@ class WorkerKilledError(Exception):
     """Stands in for the worker being killed at a chosen point (not a DicomNodeError)."""
 
 
-@pytest.fixture()
-def chain(
-    tmp_path: Path, redis_url: str, models_dir: Path
-) -> Iterator[tuple[Celery, WorkerContext, redis.Redis]]:
+def task_chain(
+    tmp_path: Path, redis_url: str, models_dir: Path, model: str, *, with_results: bool
+) -> tuple[Celery, WorkerContext, redis.Redis]:
+    """The real Celery app and worker context for ``model``, on a Redis database of its own."""
     db = int(tmp_path.stat().st_ino % 15) + 1  # a Redis database of its own per test
     url = redis_url.rsplit("/", 1)[0] + f"/{db}"
     client = redis.Redis.from_url(url)
@@ -60,10 +60,17 @@ def chain(
         models_dir=models_dir,
         broker_url=url,
         allow_demo_weights=True,
-        models=CHEST,
+        models=model,
     )
     ctx = init_context(settings)
-    app = create_app(settings, with_results=False)
+    return create_app(settings, with_results=with_results), ctx, client
+
+
+@pytest.fixture()
+def chain(
+    tmp_path: Path, redis_url: str, models_dir: Path
+) -> Iterator[tuple[Celery, WorkerContext, redis.Redis]]:
+    app, ctx, client = task_chain(tmp_path, redis_url, models_dir, CHEST, with_results=False)
     yield app, ctx, client
     ctx.ledger.dispose()
     client.flushdb()

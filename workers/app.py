@@ -24,14 +24,16 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from dicom_node.core.contract import DELIVERY_QUEUE, ROUTE_QUEUE, model_queue
+from dicom_node.core.contract import (
+    DELIVERY_QUEUE,
+    ROUTE_QUEUE,
+    VISIBILITY_TIMEOUT_SECONDS,
+    model_queue,
+)
 from dicom_node.core.errors import ConfigError
 from dicom_node.core.settings import Settings
 
 log = logging.getLogger(__name__)
-
-VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
-
 
 def create_app(settings: Settings, with_results: bool = True) -> Celery:
     """Build the Celery app for ``settings`` and register the task chain on it.

@@ -29,6 +29,12 @@ MANUFACTURER: Final = "dicom-node"
 """Manufacturer (0008,0070) of every object this node produces; the SCP's loop guard
 recognises such objects when a PACS forwards them back."""
 
+VISIBILITY_TIMEOUT_SECONDS: Final = 4 * 3600
+"""Redis transport visibility timeout, seconds, for every Celery app of the node (workers,
+the SCP's publisher). Longer than the longest delivery back-off: a delivery retry waits
+unacknowledged for its countdown. Every kombu Redis consumer, ``inspect``'s reply consumer
+included, restores unacknowledged messages older than its own timeout, so all must agree."""
+
 ROUTE_TASK: Final = "dicom_node.route_study"
 ANALYZE_TASK: Final = "dicom_node.analyze"
 DELIVER_TASK: Final = "dicom_node.deliver"

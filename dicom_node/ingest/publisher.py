@@ -20,6 +20,7 @@ from dicom_node.core.contract import (
     ANALYZE_TASK,
     ROUTE_QUEUE,
     ROUTE_TASK,
+    VISIBILITY_TIMEOUT_SECONDS,
     Analyze,
     RouteStudy,
     model_queue,
@@ -34,16 +35,6 @@ log = logging.getLogger(__name__)
 
 Publish = Callable[[RouteStudy], None]
 """``publish(payload)``; raises :class:`EnqueueError` when the broker does not take it."""
-
-VISIBILITY_TIMEOUT_SECONDS = 4 * 3600
-"""Redis transport visibility timeout, seconds; the same as the workers'
-(``workers.app.VISIBILITY_TIMEOUT_SECONDS``, checked by ``tests/test_recovery.py``).
-
-Every kombu Redis consumer, the reply consumer of ``inspect`` included,
-restores unacknowledged messages older than its own visibility timeout. With
-kombu's default (1 h) the SCP would hand a worker's long-held message (a
-delivery retry waiting for its countdown) to a second worker.
-"""
 
 _RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 

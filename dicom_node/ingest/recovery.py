@@ -6,7 +6,7 @@ Celery's main process rejects the message and it is delivered again at once
 (``task_reject_on_worker_lost``). When the main process itself dies (kill -9,
 OOM killer, power loss of a GPU box), nothing is left to reject it: Redis
 hands it out again only after the visibility timeout (hours, see
-:data:`~dicom_node.ingest.publisher.VISIBILITY_TIMEOUT_SECONDS`), and the
+:data:`~dicom_node.core.contract.VISIBILITY_TIMEOUT_SECONDS`), and the
 study would stay ``running`` that long.
 
 The :class:`StallSweeper` runs in the primary SCP process. Every
