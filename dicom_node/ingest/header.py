@@ -229,6 +229,21 @@ def read_header(path: Path) -> ReceivedHeader:
     )
 
 
-def quiet_pydicom_reading() -> None:
-    """Stop pydicom from validating values on read: its warnings quote the values (PHI)."""
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+def quiet_pydicom_reading(mode: int | None = None) -> int:
+    """Stop pydicom from validating values on read: its warnings quote the values (PHI).
+
+    Parameters
+    ----------
+    mode : int, optional
+        The pydicom validation mode to set instead of ``IGNORE`` (to restore one).
+
+    Returns
+    -------
+    int
+        The mode that was in force before (process-wide), for restoring it.
+    """
+    previous = int(pydicom_config.settings.reading_validation_mode)
+    pydicom_config.settings.reading_validation_mode = (
+        pydicom_config.IGNORE if mode is None else mode
+    )
+    return previous

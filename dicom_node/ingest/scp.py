@@ -95,7 +95,7 @@ class StoreSCP:
             if publish is None:
                 self.sweeper = StallSweeper(self.ledger, settings)
         self._server: ThreadedAssociationServer | None = None
-        self._saved: tuple[bool, str | None] | None = None
+        self._saved: tuple[bool, str | None, int] | None = None
 
     @property
     def port(self) -> int:
@@ -110,9 +110,12 @@ class StoreSCP:
         # pynetdicom writes each received data set straight to a file in the
         # spool's incoming directory (same file system: the C-STORE handler
         # renames it into place after one fsync).
-        self._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+        self._saved = (
+            _config.STORE_RECV_CHUNKED_DATASET,
+            tempfile.tempdir,
+            quiet_pydicom_reading(),
+        )
         _config.STORE_RECV_CHUNKED_DATASET = True
-        quiet_pydicom_reading()
         tempfile.tempdir = str(self.spool.incoming_dir(os.getpid()))
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo),
@@ -148,7 +151,8 @@ class StoreSCP:
         if self.sweeper is not None:
             self.sweeper.stop()
         if self._saved is not None:  # process-wide: give them back (tests run several SCPs)
-            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved
+            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir, reading = self._saved
+            quiet_pydicom_reading(reading)
             self._saved = None
         self.ledger.dispose()
         log.info("SCP stopped")
