@@ -22,6 +22,8 @@ Schema (keys of the YAML file)::
     routing: {rules: [{modalities, body_parts, view_positions, sop_classes,
                        photometric_interpretations, calling_aes, study_description,
                        series_description, attributes}]}
+    serving: {max_batch: 32, max_delay_ms: 5, priority: routine|stat,
+              tolerance: {fp32, fp16, bf16, int8}}     batching and verification
     model_card: {intended_use, training_data, limitations, subgroup_caveats, reference, url,
                  output_interpretation}
     upstream, reference
@@ -216,6 +218,40 @@ class Routing(_Strict):
     rules: list[RoutingRule] = Field(min_length=1)
 
 
+class Tolerance(_Strict):
+    """Largest absolute difference of an activated score from the reference, by precision.
+
+    ``dicom-node models verify`` compares every available backend with the
+    reference (PyTorch FP32 eager on the CPU; ONNX Runtime on the CPU for
+    ONNX-only models) on the same reference inputs. Reduced precisions get
+    looser bounds.
+    """
+
+    fp32: float = Field(default=1e-4, gt=0, le=1)
+    fp16: float = Field(default=2e-2, gt=0, le=1)
+    bf16: float = Field(default=5e-2, gt=0, le=1)
+    int8: float = Field(default=1e-1, gt=0, le=1)
+
+    def for_precision(self, precision: str) -> float:
+        """The bound for ``fp32``, ``fp16``, ``bf16`` or ``int8``."""
+        return float(getattr(self, precision))
+
+
+class Serving(_Strict):
+    """How a worker serves the model.
+
+    ``max_batch`` images at most per backend call, collected across studies for
+    at most ``max_delay_ms`` after the first one waits (see
+    :class:`workers.batching.DynamicBatcher`). ``priority: stat`` makes every
+    study of this model STAT. ``tolerance``: see :class:`Tolerance`.
+    """
+
+    max_batch: int = Field(default=32, ge=1, le=1024)
+    max_delay_ms: float = Field(default=5.0, ge=0, le=10_000)
+    priority: Literal["routine", "stat"] = "routine"
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+
+
 class ModelCard(_Strict):
     """What the model is for and where it falls short (shown by ``models list``)."""
 
@@ -251,6 +287,7 @@ class Manifest(_Strict):
     aggregation: Aggregation = Aggregation()
     labels: list[Label] = Field(min_length=1)
     routing: Routing
+    serving: Serving = Field(default_factory=Serving)
     model_card: ModelCard
     upstream: str
     reference: str

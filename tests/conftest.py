@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -18,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.app.samples import MixedStudy, mixed_study  # noqa: F401 (shared by tests)
 from dicom_node.app.supervisor import redis_server_binary
+from dicom_node.core.contract import PRIORITY_STEPS
 from models.manifest import Manifest
 from models.registry import ModelRegistry
 from models.weights import WeightsInfo, resolve_weights
@@ -39,6 +42,24 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # t
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def queued_messages(client: Any, queue: str) -> list[dict[str, Any]]:
+    """The JSON messages waiting in a kombu Redis queue, served-first priority step first.
+
+    kombu keeps one Redis list per priority step: the queue's name for step 0,
+    ``<queue>\x06\x16<step>`` for the others (:data:`dicom_node.core.contract.PRIORITY_STEPS`).
+    Within a list the oldest message is at the right end.
+    """
+    found: list[dict[str, Any]] = []
+    for name in queue_keys(queue):
+        found += [json.loads(m) for m in reversed(client.lrange(name, 0, -1))]
+    return found
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a kombu queue, one per priority step (see :func:`queued_messages`)."""
+    return [queue if step == 0 else f"{queue}\x06\x16{step}" for step in PRIORITY_STEPS]
 
 
 def disk_full(fd: int) -> None:

@@ -18,7 +18,6 @@ A PACS outage is ``tests/test_e2e.py::test_pacs_outage_delays_delivery_until_it_
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -46,7 +45,14 @@ from dicom_node.core.ledger import (
 )
 from dicom_node.core.settings import Settings
 from dicom_node.ingest.spool import INCOMING
-from tests.conftest import dcmtk_env, free_port, require_tool, wait_for, with_new_uids
+from tests.conftest import (
+    dcmtk_env,
+    free_port,
+    queued_messages,
+    require_tool,
+    wait_for,
+    with_new_uids,
+)
 from tests.test_e2e import push, start_node, start_pacs, stop_node
 
 DX_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
@@ -230,7 +236,7 @@ def test_scp_killed_mid_association_leaves_no_partial_instance(
         assert view.study.state is StudyState.QUEUED and view.study.instance_count == 2
         assert view.study.generation == 1
         ledger.dispose()
-        messages = [json.loads(m) for m in client.lrange(ROUTE_QUEUE, 0, -1)]
+        messages = queued_messages(client, ROUTE_QUEUE)
         assert [m["headers"]["id"] for m in messages] == [f"route:{study_uid}:1"]
         assert sorted(p.name for p in (spool / study_uid).iterdir()) == sorted(
             f"{dcmread(f, stop_before_pixels=True).SOPInstanceUID}.dcm" for f in (dx, cr)

@@ -11,7 +11,6 @@ so the test decides when a worker is busy and when it dies (kill -9).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -44,7 +43,7 @@ from dicom_node.ingest.reconcile import QUARANTINE, reconcile_spool
 from dicom_node.ingest.recovery import StallSweeper
 from dicom_node.ingest.scp import StoreSCP
 from dicom_node.ingest.spool import INCOMING, Spool
-from tests.conftest import free_port, start_redis, wait_for
+from tests.conftest import free_port, queue_keys, queued_messages, start_redis, wait_for
 from tests.test_scp import RecordingPublisher, _scu_store
 
 CR_CLASS = "1.2.840.10008.5.1.4.1.1.1"
@@ -277,7 +276,7 @@ class Bench:
 
     def queued(self) -> list[str]:
         queue = model_queue(self.payload.model_id)
-        return [json.loads(m)["headers"]["id"] for m in self.client.lrange(queue, 0, -1)]
+        return [m["headers"]["id"] for m in queued_messages(self.client, queue)]
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -410,7 +409,7 @@ def test_sweeper_fails_an_analysis_after_max_requeues(
         assert (result.stalled, result.republished, result.no_payload) == (2, 1, 1)
         assert bench.analysis()[:2] == (AnalysisState.RUNNING, attempt)
         assert bench.queued() == [bench.payload.task_id]
-        bench.client.delete(model_queue(bench.payload.model_id))
+        bench.client.delete(*queue_keys(model_queue(bench.payload.model_id)))
 
     with caplog.at_level(logging.WARNING, logger="dicom_node.ingest.recovery"):
         result = sweeper.sweep(_later())
@@ -493,8 +492,8 @@ def test_route_study_waits_for_the_broker_instead_of_dropping_the_study(
         view = ctx.ledger.get(study_uid)
         assert view is not None and view.study.state is StudyState.ROUTED
         (analysis,) = view.analyses
-        messages = redis.Redis(port=port).lrange(model_queue(CHEST), 0, -1)
-        assert [json.loads(m)["headers"]["id"] for m in messages] == [
+        messages = queued_messages(redis.Redis(port=port), model_queue(CHEST))
+        assert [m["headers"]["id"] for m in messages] == [
             f"analyze:{analysis.analysis.id}"
         ]
         (stored,) = _column(ctx.ledger, "SELECT payload FROM analyses")

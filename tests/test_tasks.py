@@ -37,6 +37,7 @@ from dicom_node.core.ledger import (
     StudyState,
 )
 from dicom_node.core.settings import Settings
+from tests.conftest import queued_messages
 from workers.app import create_app, worker_queues
 from workers.context import WorkerContext, init_context
 
@@ -98,9 +99,7 @@ def _study(ctx: WorkerContext, tmp_path: Path) -> tuple[str, list[str]]:
 
 
 def _messages(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(m) for m in client.lrange(queue, 0, -1)]
+    return queued_messages(client, queue)
 
 
 def test_route_twice_creates_each_analysis_once(

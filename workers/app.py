@@ -25,10 +25,12 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from dicom_node.core.contract import (
+    CELERY_PRIORITY,
     DELIVERY_QUEUE,
     ROUTE_QUEUE,
     VISIBILITY_TIMEOUT_SECONDS,
     model_queue,
+    transport_options,
 )
 from dicom_node.core.errors import ConfigError
 from dicom_node.core.settings import Settings
@@ -66,7 +68,7 @@ def create_app(settings: Settings, with_results: bool = True) -> Celery:
         )
     backend = settings.broker_url if with_results else None
     app = Celery("dicom_node", broker=settings.broker_url, backend=backend, set_as_current=False)
-    transport = {"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS}
+    transport = transport_options()
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -76,6 +78,7 @@ def create_app(settings: Settings, with_results: bool = True) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
+        task_default_priority=CELERY_PRIORITY["routine"],
         result_expires=7 * 24 * 3600,
         broker_transport_options=transport,
         result_backend_transport_options=transport,

@@ -35,6 +35,32 @@ the SCP's publisher). Longer than the longest delivery back-off: a delivery retr
 unacknowledged for its countdown. Every kombu Redis consumer, ``inspect``'s reply consumer
 included, restores unacknowledged messages older than its own timeout, so all must agree."""
 
+Priority = Literal["stat", "routine"]
+"""How urgent a study's analyses are: ``stat`` jumps every routine analysis of its model."""
+
+PRIORITY_STEPS: Final = (0, 3, 6, 9)
+"""Redis transport priority steps (kombu): one Redis list per step; 0 is served first."""
+
+CELERY_PRIORITY: Final[dict[str, int]] = {"stat": 0, "routine": 6}
+"""Celery message priority of an ``analyze`` message, by :data:`Priority` (Redis: 0 first).
+Every app's ``task_default_priority`` is the routine one: kombu's Redis transport would
+otherwise file an unprioritised message under 0, ahead of STAT work."""
+
+
+
+def transport_options() -> dict[str, object]:
+    """Redis transport options every Celery app of the node shares (workers, the SCP's publisher).
+
+    Producers file a message under its priority step and consumers list the steps
+    in that order, so both must agree on :data:`PRIORITY_STEPS`, as on
+    :data:`VISIBILITY_TIMEOUT_SECONDS`.
+    """
+    return {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "priority_steps": list(PRIORITY_STEPS),
+    }
+
+
 ROUTE_TASK: Final = "dicom_node.route_study"
 ANALYZE_TASK: Final = "dicom_node.analyze"
 DELIVER_TASK: Final = "dicom_node.deliver"
@@ -94,6 +120,9 @@ class Analyze(_Payload):
         Manifest id and version.
     paths : list of str
         Spool files the model applies to.
+    priority : {"routine", "stat"}
+        Sent with Celery priority :data:`CELERY_PRIORITY` ``[priority]``; a worker's
+        batcher also puts a STAT analysis's images ahead of routine ones.
     """
 
     analysis_id: int
@@ -102,6 +131,12 @@ class Analyze(_Payload):
     model_id: str
     model_version: str
     paths: list[str]
+    priority: Priority = "routine"
+
+    @property
+    def celery_priority(self) -> int:
+        """The Celery message priority to publish it with."""
+        return CELERY_PRIORITY[self.priority]
 
     @property
     def task_id(self) -> str:

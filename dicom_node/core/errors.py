@@ -25,6 +25,9 @@ CLI message.
     │   ├── InputContractError      a batch does not fit the manifest's input contract
     │   ├── RoutingError            routing could not be evaluated (not raised for odd headers)
     │   └── InferenceError          a backend failed to run
+    │       ├── BackendUnavailableError   its library or device is absent here: fall back
+    │       └── EngineError               an engine cannot be built, or was built for
+    │                                     another GPU, TensorRT version or model
     ├── ReportError                 a DICOM SR could not be built
     ├── DeliveryError               the PACS refused or could not be reached
     └── ServiceError                an embedded service (Redis, worker) failed
@@ -102,6 +105,23 @@ class RoutingError(ModelError):
 
 class InferenceError(ModelError):
     """An inference backend failed to run."""
+
+
+class BackendUnavailableError(InferenceError):
+    """A backend cannot run here: its library (TensorRT, CUDA) or device is absent.
+
+    ``auto`` backend selection moves on to the next backend; an explicitly
+    requested backend reports it as the reason.
+    """
+
+
+class EngineError(InferenceError):
+    """An engine cannot be built, or a cached one does not fit this host.
+
+    Raised for a parser or builder failure (every parser error is in the text)
+    and for an engine whose key (GPU name, compute capability, TensorRT
+    version, model hash, precision) differs from the one this host would build.
+    """
 
 
 class ReportError(DicomNodeError):

@@ -7,11 +7,12 @@ on the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -123,7 +124,56 @@ class Settings(BaseSettings):
         None, description="Weights and engines. Default: data_dir/models."
     )
     ledger_url: str | None = Field(None, description="SQLAlchemy URL. Default: SQLite in data_dir.")
-    inference_backend: Literal["auto", "onnxruntime", "torch"] = "auto"
+    # Inference (GPU workers; see models.backends and workers.batching)
+    inference_backend: Literal["auto", "tensorrt", "torch", "onnxruntime"] = Field(
+        "auto",
+        description="auto: TensorRT, then PyTorch CUDA, then ONNX Runtime on a GPU; "
+        "ONNX Runtime on the CPU.",
+    )
+    inference_precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto: fp16 on a GPU, fp32 on the CPU. int8: TensorRT only."
+    )
+    inference_device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA when torch or onnxruntime sees a GPU."
+    )
+    inference_threads: int = Field(
+        0, ge=0, description="CPU threads of a CPU backend; 0: the cores this process may use."
+    )
+    torch_compile: bool = Field(
+        True, description="torch.compile with CUDA graphs per batch size on a GPU (torch backend)."
+    )
+    worker_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Analyses one worker process runs at once (Celery threads pool); their "
+        "images share one batcher per model.",
+    )
+    preprocess_workers: int = Field(
+        0, ge=0, description="Threads that decode and preprocess images; 0: the cores."
+    )
+    batch_max_size: int = Field(
+        0, ge=0, description="Override every manifest's serving.max_batch; 0: the manifest's."
+    )
+    batch_max_delay_ms: float = Field(
+        -1.0,
+        description="Override every manifest's serving.max_delay_ms; negative: the manifest's.",
+    )
+    engine_workspace_mb: int = Field(
+        4096, ge=64, description="TensorRT builder workspace limit, MiB."
+    )
+    int8_calibration_dir: Path | None = Field(
+        None, description="Folder of DICOM images that calibrates INT8 TensorRT engines."
+    )
+    stat_rules: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"attributes": {"RequestedProcedurePriority": "^STAT$"}},
+            {"attributes": {"StudyPriorityID": "^STAT$"}},
+        ],
+        description="A study is STAT when any of its images matches any rule (the routing rule "
+        "form: calling_aes, modalities, study_description, attributes ...). JSON in the "
+        "environment. A manifest's serving.priority: stat makes all its studies STAT.",
+    )
     delivery_retry_base_seconds: float = Field(5.0, gt=0, description="First C-STORE retry delay.")
     delivery_retry_max_seconds: float = Field(600.0, gt=0, description="Cap of the retry delay.")
     acse_timeout: float = Field(
@@ -254,7 +304,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, bool):
                 value = int(value)
-            env[f"DICOM_NODE_{name.upper()}"] = str(value)
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+            env[f"DICOM_NODE_{name.upper()}"] = text
         return env
 
     @property

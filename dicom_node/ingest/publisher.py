@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from dicom_node.core.contract import (
     ANALYZE_TASK,
+    CELERY_PRIORITY,
     ROUTE_QUEUE,
     ROUTE_TASK,
-    VISIBILITY_TIMEOUT_SECONDS,
     Analyze,
     RouteStudy,
     model_queue,
+    transport_options,
 )
 from dicom_node.core.errors import ConfigError, EnqueueError
 from dicom_node.core.settings import Settings
@@ -74,10 +75,11 @@ def publisher_app(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+            **transport_options(),
             "socket_connect_timeout": 2.0,
             "socket_timeout": 10.0,
         },
+        task_default_priority=CELERY_PRIORITY["routine"],
         broker_connection_timeout=2.0,
     )
     return app
@@ -109,13 +111,21 @@ def celery_publisher(settings: Settings) -> Publish:
     return publish
 
 
-def _send(app: Celery, task: str, request: dict[str, Any], task_id: str, queue: str) -> None:
+def _send(
+    app: Celery,
+    task: str,
+    request: dict[str, Any],
+    task_id: str,
+    queue: str,
+    priority: int = CELERY_PRIORITY["routine"],
+) -> None:
     try:
         app.send_task(
             task,
             kwargs={"request": request},
             task_id=task_id,
             queue=queue,
+            priority=priority,
             retry=True,
             retry_policy=_RETRY_POLICY,
         )
@@ -182,6 +192,8 @@ class CeleryBroker:
     def publish_analyze(self, payload: Analyze) -> None:
         """Publish an ``analyze`` message to ``infer.<model id>`` under its deterministic id.
 
+        It keeps its priority: a re-published STAT analysis is still served first.
+
         Raises
         ------
         EnqueueError
@@ -193,6 +205,7 @@ class CeleryBroker:
             payload.model_dump(mode="json"),
             payload.task_id,
             model_queue(payload.model_id),
+            payload.celery_priority,
         )
 
 

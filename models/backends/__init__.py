@@ -22,7 +22,14 @@ from typing import Literal
 
 from dicom_node.core.errors import InferenceError
 from models.architectures import Architecture
-from models.backends.base import BackendLoader, LoadedModel, Runner, apply_activation
+from models.backends.base import (
+    BackendLoader,
+    BackendOptions,
+    LoadedModel,
+    Precision,
+    Runner,
+    apply_activation,
+)
 from models.manifest import Manifest
 from models.weights import UNTRAINED_NOTICE, WeightsInfo
 
@@ -35,7 +42,9 @@ __all__ = [
     "AUTO_ORDER",
     "BackendLoader",
     "BackendName",
+    "BackendOptions",
     "LoadedModel",
+    "Precision",
     "Runner",
     "apply_activation",
     "builtin_backends",
@@ -65,6 +74,7 @@ def load_model(
     *,
     backends: Mapping[str, BackendLoader] | None = None,
     architectures: Mapping[str, Architecture] | None = None,
+    options: BackendOptions | None = None,
 ) -> LoadedModel:
     """Load a model with the requested backend.
 
@@ -81,6 +91,8 @@ def load_model(
         (ONNX Runtime, else PyTorch; ONNX weights run on ONNX Runtime only).
     backends, architectures : mapping, optional
         Factory tables (default: the built-in ones; a registry passes its own).
+    options : BackendOptions, optional
+        Precision, device, threads and batch sizes (default: ``BackendOptions()``).
 
     Returns
     -------
@@ -93,6 +105,7 @@ def load_model(
         the text gives each one's reason).
     """
     table = builtin_backends() if backends is None else backends
+    opts = options or BackendOptions()
     if backend == "auto":
         order = [key for key in AUTO_ORDER if key in table]
     elif backend in table:
@@ -103,7 +116,7 @@ def load_model(
     runner: Runner | None = None
     for key in order:
         try:
-            runner = table[key](manifest, weights, models_dir, architectures)
+            runner = table[key](manifest, weights, models_dir, architectures, opts)
             break
         except InferenceError as exc:
             if backend != "auto":

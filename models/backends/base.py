@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +22,47 @@ from models.contract import check_input
 from models.manifest import Activation, Manifest
 from models.weights import WeightsInfo
 
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How a backend should run a model (from the worker's settings).
+
+    Attributes
+    ----------
+    precision : {"auto", "fp32", "fp16", "bf16", "int8"}
+        ``auto``: fp16 on CUDA, fp32 on the CPU. A backend that cannot run the
+        requested precision raises :class:`~dicom_node.core.errors.BackendUnavailableError`.
+    device : {"auto", "cuda", "cpu"}
+        ``auto``: CUDA when the backend's library sees a GPU.
+    threads : int
+        CPU threads (ONNX Runtime intra-op, torch); 0: the cores this process may use.
+    batch_sizes : tuple of int
+        Batch sizes the batcher uses, ascending; a backend warms each one up
+        (torch: one CUDA graph each; TensorRT: the optimization profile spans
+        ``(1, batch_sizes[-1])``, optimal at the largest).
+    compile : bool
+        torch: ``torch.compile`` (CUDA graphs on a GPU).
+    workspace_mb : int
+        TensorRT builder workspace limit, MiB.
+    calibration_dir : Path or None
+        TensorRT INT8: a folder of DICOM images to calibrate with.
+    """
+
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    threads: int = 0
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    compile: bool = True
+    workspace_mb: int = 4096
+    calibration_dir: Path | None = None
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch size."""
+        return max(self.batch_sizes)
+
 
 class Runner(Protocol):
     """A backend session over one model.
@@ -29,21 +70,33 @@ class Runner(Protocol):
     Attributes
     ----------
     name : str
-        Backend key ("onnxruntime", "torch").
+        Backend key ("tensorrt", "torch", "onnxruntime").
     device : str
         "cuda" or "cpu".
+    precision : str
+        "fp32", "fp16", "bf16" or "int8": what the backend computes in.
+    engine_key : str
+        What identifies the compiled artefact it runs: the TensorRT engine key,
+        the ONNX file's name, or "" for eager torch.
     """
 
     name: str
     device: str
+    precision: str
+    engine_key: str
 
     def run(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Raw outputs ``(N, L) float32`` for a checked batch ``(N, *input.shape) float32``."""
         ...
 
 
-BackendLoader = Callable[[Manifest, WeightsInfo, Path, Mapping[str, Architecture] | None], Runner]
-"""``loader(manifest, weights, models_dir, architectures) -> Runner``; raises InferenceError."""
+BackendLoader = Callable[
+    [Manifest, WeightsInfo, Path, Mapping[str, Architecture] | None, BackendOptions], Runner
+]
+"""``loader(manifest, weights, models_dir, architectures, options) -> Runner``.
+
+Raises BackendUnavailableError when its library or device is absent (``auto``
+then tries the next backend), InferenceError (or EngineError) when it cannot load."""
 
 
 def apply_activation(
@@ -91,13 +144,29 @@ class LoadedModel:
 
     @property
     def backend(self) -> str:
-        """The backend's key ("onnxruntime", "torch")."""
+        """The backend's key ("tensorrt", "torch", "onnxruntime")."""
         return self.runner.name
 
     @property
     def device(self) -> str:
         """Device the backend runs on: ``cuda`` or ``cpu``."""
         return self.runner.device
+
+    @property
+    def precision(self) -> str:
+        """What the backend computes in: ``fp32``, ``fp16``, ``bf16`` or ``int8``."""
+        return str(getattr(self.runner, "precision", "fp32"))
+
+    @property
+    def engine_key(self) -> str:
+        """The compiled artefact's key ("" for eager torch)."""
+        return str(getattr(self.runner, "engine_key", ""))
+
+    @property
+    def algorithm(self) -> str:
+        """One line for SRs and logs: ``"tensorrt fp16 on cuda, engine <key>"``."""
+        engine = f", engine {self.engine_key}" if self.engine_key else ""
+        return f"{self.backend} {self.precision} on {self.device}{engine}"
 
     def raw(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Raw outputs ``(N, L) float32`` after the input contract check.

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from dicom_node.core.errors import DicomNodeError, InferenceError
 from models.architectures import Architecture
+from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from models.weights import WeightsInfo
 
@@ -34,6 +35,8 @@ class OnnxRuntimeRunner:
     """
 
     name = "onnxruntime"
+    precision = "fp32"
+    engine_key = ""
 
     def __init__(self, onnx_path: Path, input_name: str, output_name: str) -> None:
         import onnxruntime as ort
@@ -63,6 +66,7 @@ def load_onnxruntime(
     weights: WeightsInfo,
     models_dir: Path,
     architectures: Mapping[str, Architecture] | None = None,
+    options: BackendOptions | None = None,
 ) -> OnnxRuntimeRunner:
     """Build (once, cached) or reuse the ONNX engine and open a session.
 

@@ -11,6 +11,7 @@ import numpy.typing as npt
 
 from dicom_node.core.errors import InferenceError
 from models.architectures import Architecture
+from models.backends.base import BackendOptions
 from models.manifest import Manifest
 from models.weights import WeightsInfo
 
@@ -25,6 +26,8 @@ class TorchRunner:
     """
 
     name = "torch"
+    precision = "fp32"
+    engine_key = ""
 
     def __init__(self, model: Any) -> None:
         import torch
@@ -51,6 +54,7 @@ def load_torch(
     weights: WeightsInfo,
     models_dir: Path,
     architectures: Mapping[str, Architecture] | None = None,
+    options: BackendOptions | None = None,
 ) -> TorchRunner:
     """Build the network with its weights.
 
