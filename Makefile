@@ -52,6 +52,7 @@ test: venv sysdeps lint typecheck imports
 bench: venv sysdeps
 	$(BIN)/python bench/e2e
 	$(BIN)/python bench/ingest
+	$(BIN)/python bench/inference
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -5,10 +5,11 @@ All real processes: ``dicom-node scp`` and ``dicom-node up`` as subprocesses
 loopback, dcmtk's storescp as the PACS.
 
 1. The SCP, in the middle of an association sending a 10 MB image.
-2. The Celery worker's main process during inference: its message stays
+2. The Celery worker process during inference: its message stays
    unacknowledged in Redis; the SCP's stall sweeper publishes it again.
-3. The worker's pool child during inference: Celery rejects the message and
-   it is delivered again at once (``task_reject_on_worker_lost``).
+3. The same with two studies' analyses running in the worker's threads, their
+   images in the same batches: both are published again, each delivered once.
+   (The worker runs Celery's threads pool: there is no pool child process.)
 4. Redis: test_outage covers C-STORE and enqueueing while Redis is down;
    here Redis dies while studies wait in its queues, and ``up`` restarts it
    from its AOF.
@@ -281,13 +282,14 @@ def _kill_during_inference(
     tmp_path: Path,
     pacs: tuple[int, Path],
     models_dir: Path,
-    victim: Callable[[int], int | None],
-) -> tuple[AnalysisSnapshot, dict[str, float]]:
-    """Run ``up``, push a 16-slice head CT, kill -9 ``victim(worker main pid)`` while the
-    analysis runs, wait for the delivery, stop ``up``.
+    studies: int = 1,
+    **extra: str,
+) -> tuple[list[AnalysisSnapshot], dict[str, float]]:
+    """Run ``up``, push ``studies`` 16-slice head CT studies, kill -9 the worker process
+    while all their analyses run, wait for every delivery, stop ``up``.
 
-    Returns the final analysis and the seconds from the kill to its re-publication
-    (if the sweeper did it), its report and its delivery.
+    Returns the final analyses and the seconds from the kill to the first
+    re-publication, the last report and the last delivery.
     """
     proc, env = start_node(
         tmp_path,
@@ -295,57 +297,67 @@ def _kill_during_inference(
         models_dir,
         DICOM_NODE_MODELS=ICH,
         DICOM_NODE_ANALYSIS_STALL_SECONDS=str(STALL_SECONDS),
+        **extra,
     )
     ledger = _ledger(tmp_path / "node")
     try:
-        study = mixed_study(tmp_path / "study", ct_slices=16)
-        push(env["port"], *(p for p in study.files if p.name.startswith("ct")))
+        sent = [mixed_study(tmp_path / f"study{i}", ct_slices=16) for i in range(studies)]
+        push(env["port"], *(p for s in sent for p in s.files if p.name.startswith("ct")))
         worker = _child(proc.pid, "cli worker")
         assert worker is not None
+        assert not _children(worker)  # the threads pool: one process, no pool children
 
-        def claimed() -> bool:  # a one-row read: the first analysis of this new ledger
-            a = ledger.get_analysis(1)
-            return a is not None and a.state is AnalysisState.RUNNING
+        def claimed() -> bool:  # one-row reads: the first analyses of this new ledger
+            found = [ledger.get_analysis(i) for i in range(1, studies + 1)]
+            return all(a is not None and a.state is AnalysisState.RUNNING for a in found)
 
-        wait_for(claimed, 120, "the analysis to run", interval=0.01)
-        pid = victim(worker)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
+        wait_for(claimed, 120, "every analysis to run", interval=0.01)
+        os.kill(worker, signal.SIGKILL)
         killed = time.monotonic()
-        view = ledger.get(study.study_uid)
-        assert view is not None and view.analyses[0].analysis.id == 1
-        assert not view.analyses[0].reports  # killed before any report was written
+        for study in sent:
+            view = ledger.get(study.study_uid)
+            assert view is not None and view.analyses[0].analysis.state is AnalysisState.RUNNING
+            assert not view.analyses[0].reports  # killed before any report was written
         times: dict[str, float] = {}
 
         def progress() -> bool:
-            a = _analysis(ledger, study.study_uid)
-            assert a is not None
-            if a.requeues and "republished" not in times:
+            found = [_analysis(ledger, s.study_uid) for s in sent]
+            assert all(a is not None for a in found)
+            if any(a.requeues for a in found if a) and "republished" not in times:
                 times["republished"] = time.monotonic() - killed
-            if a.state is AnalysisState.REPORTED and "reported" not in times:
+            reported = all(a.state is AnalysisState.REPORTED for a in found if a)
+            if reported and "reported" not in times:
                 times["reported"] = time.monotonic() - killed
-            return a.state is AnalysisState.REPORTED and _delivered(ledger, study.study_uid)
+            return reported and all(_delivered(ledger, s.study_uid) for s in sent)
 
-        wait_for(progress, 180, "the report delivered after the kill", interval=0.1)
+        wait_for(progress, 240, "every report delivered after the kill", interval=0.1)
         times["delivered"] = time.monotonic() - killed
-        final = _analysis(ledger, study.study_uid)
-        assert final is not None
-        (sr,) = wait_for(lambda: list(pacs[1].iterdir()), 10, "the SR file")  # exactly one
-        (report,) = ledger.get(study.study_uid).analyses[0].reports  # type: ignore[union-attr]
-        assert dcmread(sr).SOPInstanceUID == report.report.sop_instance_uid
+        finals = [_analysis(ledger, s.study_uid) for s in sent]
+        srs = wait_for(
+            lambda: len(f := list(pacs[1].iterdir())) >= studies and f, 10, "the SR files"
+        )
+        assert len(srs) == studies  # exactly one per study
+        reports = {
+            r.report.sop_instance_uid
+            for s in sent
+            for r in ledger.get(s.study_uid).analyses[0].reports  # type: ignore[union-attr]
+        }
+        assert {dcmread(sr).SOPInstanceUID for sr in srs} == reports
     finally:
         ledger.dispose()
         log = stop_node(proc, env)
-    assert len(list(pacs[1].iterdir())) == 1  # still one SR once everything has stopped
-    assert study.patient_name not in log and study.patient_id not in log
-    return final, times
+    assert len(list(pacs[1].iterdir())) == studies  # still one SR each once all has stopped
+    for study in sent:
+        assert study.patient_name not in log and study.patient_id not in log
+    assert all(a is not None for a in finals)
+    return [a for a in finals if a is not None], times
 
 
 @pytest.mark.e2e
 def test_worker_main_process_killed_during_inference(
     tmp_path: Path, pacs: tuple[int, Path], models_dir: Path, record_property: Callable[..., None]
 ) -> None:
-    final, times = _kill_during_inference(tmp_path, pacs, models_dir, lambda main: main)
+    (final,), times = _kill_during_inference(tmp_path, pacs, models_dir)
     assert final.state is AnalysisState.REPORTED
     assert final.requeues == 1  # the stall sweeper published it again, once
     print(f"worker main process kill -9: {times}")
@@ -355,17 +367,26 @@ def test_worker_main_process_killed_during_inference(
 
 
 @pytest.mark.e2e
-def test_worker_child_process_killed_during_inference(
+def test_worker_killed_with_a_batch_of_two_studies_in_flight(
     tmp_path: Path, pacs: tuple[int, Path], models_dir: Path, record_property: Callable[..., None]
 ) -> None:
-    final, times = _kill_during_inference(
-        tmp_path, pacs, models_dir, lambda main: _child(main, "cli worker")
+    """The threads pool has no child process to kill (it replaced the prefork test of a
+    pool child killed): here the one worker process dies while two studies' analyses
+    run in its threads, their images sharing the batcher (a 500 ms batch deadline, so
+    batches collect images of both). Each is published again and delivered once."""
+    finals, times = _kill_during_inference(
+        tmp_path,
+        pacs,
+        models_dir,
+        studies=2,
+        DICOM_NODE_WORKER_CONCURRENCY="4",
+        DICOM_NODE_BATCH_MAX_DELAY_MS="500",
     )
-    assert final.state is AnalysisState.REPORTED
-    assert final.requeues == 0  # Celery delivered it again itself
-    print(f"worker child process kill -9: {times}")
+    assert [a.state for a in finals] == [AnalysisState.REPORTED] * 2
+    assert [a.requeues for a in finals] == [1, 1]  # each published again, once
+    print(f"worker kill -9 with two studies in flight: {times}")
     for name, seconds in times.items():
-        record_property(f"child_kill_{name}_s", round(seconds, 1))
+        record_property(f"two_studies_kill_{name}_s", round(seconds, 1))
 
 
 # --- 4. Redis -------------------------------------------------------------------------------

@@ -350,13 +350,29 @@ def _later() -> float:
     return time.time() + STALL + 1
 
 
-def test_publisher_and_workers_share_the_visibility_timeout(tmp_path: Path) -> None:
+def test_publisher_and_workers_share_the_visibility_timeout_and_priority_steps(
+    tmp_path: Path,
+) -> None:
     from workers.app import create_app
 
     settings = Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0")
-    ours = publisher.publisher_app(settings).conf.broker_transport_options
-    workers = create_app(settings, with_results=False).conf.broker_transport_options
-    assert ours["visibility_timeout"] == workers["visibility_timeout"]
+    ours = publisher.publisher_app(settings).conf
+    workers = create_app(settings, with_results=False).conf
+    for key in ("visibility_timeout", "priority_steps"):
+        assert ours.broker_transport_options[key] == workers.broker_transport_options[key]
+    # kombu files a message without a priority under 0, the step served first: both apps
+    # give unprioritised messages the routine priority, so only STAT work goes ahead.
+    assert ours.task_default_priority == workers.task_default_priority == 6
+
+
+def test_a_republished_analysis_keeps_its_priority(bench: Bench) -> None:
+    broker = publisher.CeleryBroker(bench.settings)
+    broker.publish_analyze(bench.payload.model_copy(update={"analysis_id": 99}))  # routine
+    stat = bench.payload.model_copy(update={"priority": "stat"})
+    broker.publish_analyze(stat)  # published second, served first
+    (first, second) = queued_messages(bench.client, model_queue(stat.model_id))
+    assert (first["headers"]["id"], first["properties"]["priority"]) == (stat.task_id, 0)
+    assert (second["headers"]["id"], second["properties"]["priority"]) == ("analyze:99", 6)
 
 
 def test_sweeper_republishes_a_lost_task_once_per_deadline_and_never_a_held_one(

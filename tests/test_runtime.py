@@ -96,9 +96,9 @@ def test_activations() -> None:
 
 
 def test_backend_keys(manifest: Manifest, demo_weights: WeightsInfo, models_dir: Path) -> None:
-    assert sorted(builtin_backends()) == ["onnxruntime", "torch"]  # "tensorrt": a later issue
-    with pytest.raises(InferenceError, match=r"unknown backend 'tensorrt'"):
-        load_model(manifest, demo_weights, models_dir, "tensorrt")
+    assert sorted(builtin_backends()) == ["onnxruntime", "tensorrt", "torch"]
+    with pytest.raises(InferenceError, match=r"unknown backend 'openvino'"):
+        load_model(manifest, demo_weights, models_dir, "openvino")
 
 
 def test_an_nhwc_manifest_runs_on_both_backends(

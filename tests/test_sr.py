@@ -262,6 +262,63 @@ def test_algorithm_identification_names_backend_weights_and_model_card() -> None
     assert set(texts["111003"]) == {"1.0"}  # version, in every group
 
 
+def test_algorithm_identification_names_precision_device_and_engine(tmp_path: Path) -> None:
+    engine = "NVIDIA-H100-80GB-HBM3_sm90_trt10.3.0_" + "cd" * 8
+    inp = replace(chest_input(), backend="tensorrt", precision="fp16", engine_key=engine)
+    sr = build_tid1500(replace(inp, device="cuda"))
+    parameters = algorithm_texts(sr)["111002"]
+    served = [
+        p for p in parameters if p.split(" ")[0] in ("backend", "precision", "device", "engine")
+    ]
+    assert served[:4] == ["backend tensorrt", "precision fp16", "device cuda", f"engine {engine}"]
+    assert parameters.count("precision fp16") == len(FAKE.labels)  # in every group
+    assert dciodvfy_errors(save(sr, tmp_path / "trt.dcm")) == []
+    # No engine (eager torch) and an unknown device: those lines are left out.
+    eager = algorithm_texts(build_tid1500(replace(inp, backend="torch", engine_key="")))
+    assert "precision fp16" in eager["111002"] and "backend torch" in eager["111002"]
+    assert not [p for p in eager["111002"] if p.startswith(("engine ", "device "))]
+    assert all("UNTRAINED" in name for name in eager["111001"])
+
+
+def test_a_model_that_does_not_say_its_precision_is_reported_fp32() -> None:
+    (ich,) = [m for m in shipped_manifests() if m.aggregation.scope == "series"]
+    slices = ct_series(1, derived_uid("test-series", "fp32"), 2)
+    images = [FakeImage(ds) for ds in slices]
+    count = len(ich.labels)
+    unit = FakeAggregate(
+        slices[0].SeriesInstanceUID, np.full(count, 0.5, np.float32), [images] * count
+    )
+    model = FakeModel(ich, FakeWeights(ich.id))  # backend only, like a model of before issue 7
+    sr = build_report("tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 1)
+    parameters = algorithm_texts(sr)["111002"]
+    assert {"backend onnxruntime", "precision fp32"} <= set(parameters)
+    assert not [p for p in parameters if p.startswith(("engine ", "device "))]
+
+
+def test_a_loaded_model_reports_how_it_runs(
+    manifest: Any, demo_weights: Any, models_dir: Path, cr_path: Path, tmp_path: Path
+) -> None:
+    from models.backends import load_model
+
+    model = load_model(manifest, demo_weights, models_dir, "onnxruntime")
+    source = dcmread(cr_path, stop_before_pixels=True)
+    count = len(manifest.labels)
+    image = FakeImage(source)
+    key = None if manifest.aggregation.scope == "study" else source.SOPInstanceUID
+    unit = FakeAggregate(key, np.full(count, 0.25, np.float32), [[image]] * count)
+    sr = build_report("tid1500", FakeOutcome([unit], [image]), model, source.StudyInstanceUID, 1)
+    parameters = algorithm_texts(sr)["111002"]
+    expected = [f"backend {model.backend}", f"precision {model.precision}"]
+    expected += [f"device {model.device}"] + (
+        [f"engine {model.engine_key}"] if model.engine_key else []
+    )
+    assert set(expected) <= set(parameters)
+    assert model.backend == "onnxruntime" and model.device == "cpu"
+    assert all("UNTRAINED" in name for name in algorithm_texts(sr)["111001"])
+    assert "UNTRAINED" in sr.SeriesDescription
+    assert dciodvfy_errors(save(sr, tmp_path / "loaded.dcm")) == []
+
+
 def test_untrained_weights_are_labelled_and_real_ones_are_not() -> None:
     demo = build_tid1500(chest_input(kind="untrained-demo"))
     assert "UNTRAINED DEMO WEIGHTS - NOT FOR CLINICAL USE" in demo.SeriesDescription
@@ -570,9 +627,23 @@ def test_build_report_turns_a_head_ct_outcome_into_a_series_sr(tmp_path: Path) -
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_shipped_manifests_warm_up_to_valid_srs(index: int, tmp_path: Path) -> None:
     manifest = sorted(shipped_manifests(), key=lambda m: m.id)[index]
-    sr = warm_up_sr(manifest, backend="torch")
+    sr = warm_up_sr(manifest, backend="torch", precision="bf16", device="cuda")
     assert len(read_findings(sr)) == sum(label.report for label in manifest.labels)
+    parameters = algorithm_texts(sr)["111002"]
+    assert {"backend torch", "precision bf16", "device cuda"} <= set(parameters)
+    assert not [p for p in parameters if p.startswith("engine ")]
+    assert all("UNTRAINED" in name for name in algorithm_texts(sr)["111001"])
     assert dciodvfy_errors(save(sr, tmp_path / f"{manifest.id}.dcm")) == []
+
+
+def test_warm_up_sr_names_the_engine(tmp_path: Path) -> None:
+    sr = warm_up_sr(backend="tensorrt", precision="int8", engine_key="k" * 40, device="cuda")
+    parameters = algorithm_texts(sr)["111002"]
+    assert {"backend tensorrt", "precision int8", "device cuda", f"engine {'k' * 40}"} <= set(
+        parameters
+    )
+    assert "precision fp32" in algorithm_texts(warm_up_sr())["111002"]
+    assert dciodvfy_errors(save(sr, tmp_path / "warm-trt.dcm")) == []
 
 
 @pytest.mark.parametrize(

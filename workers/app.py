@@ -9,7 +9,14 @@ Reliability settings, chosen on purpose:
   dies is delivered again, so every task is idempotent (it claims its ledger
   row through the transition table first, and report UIDs are derived, not
   random).
-- ``worker_prefetch_multiplier=1``: a GPU worker holds one task at a time.
+- Celery's threads pool (``--pool threads``, ``worker_concurrency`` threads):
+  the analyses a worker runs at once share its models, one
+  :class:`~workers.batching.DynamicBatcher` per model (batches across
+  studies) and its preprocessing threads (:class:`~workers.context.WorkerContext`).
+- ``worker_prefetch_multiplier=1``: a worker holds no more messages than it
+  has threads, so a STAT message (a higher Celery priority, filed by the Redis
+  transport under its own priority step) waits in Redis for the next free
+  thread, not behind routine messages a busy worker reserved.
 - ``visibility_timeout`` is longer than the longest delivery back-off, so a
   delayed retry is not delivered twice.
 """
@@ -19,10 +26,8 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
 
 from dicom_node.core.contract import (
     CELERY_PRIORITY,
@@ -36,6 +41,7 @@ from dicom_node.core.errors import ConfigError
 from dicom_node.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, with_results: bool = True) -> Celery:
     """Build the Celery app for ``settings`` and register the task chain on it.
@@ -95,52 +101,16 @@ def worker_queues(model_ids: Sequence[str]) -> list[str]:
     return [ROUTE_QUEUE, DELIVERY_QUEUE, *(model_queue(m) for m in model_ids)]
 
 
-def run_worker(
-    settings: Settings,
-    model_ids: Sequence[str],
-    concurrency: int = 1,
-    hostname: str | None = None,
-) -> None:
-    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown).
-
-    Each pool process creates its :class:`~workers.context.WorkerContext`
-    when it starts (``worker_process_init``) and warms its models, so the
-    first study does not wait.
-
-    Parameters
-    ----------
-    settings : Settings
-        Node settings; ``broker_url`` is required.
-    model_ids : sequence of str
-        Models this worker holds; it consumes their ``infer.<id>`` queues.
-    concurrency : int
-        Pool processes (one per GPU).
-    hostname : str, optional
-        Celery node name.
-
-    Raises
-    ------
-    ConfigError
-        See :func:`create_app`; also when ``model_ids`` is empty.
-    """
-    if not model_ids:
-        raise ConfigError("a worker needs at least one model (--models)")
-    from dicom_node.core.redact import capture_library_warnings
-
-    capture_library_warnings()  # pydicom/highdicom warnings quote values (PHI)
-    app = create_app(settings)
-
-    def init_process(**_: Any) -> None:
-        from workers.context import init_context
-
-        capture_library_warnings()
-        init_context(settings, model_ids).warm_up()
-
-    worker_process_init.connect(init_process, weak=False)
-    argv = [
+def worker_argv(
+    settings: Settings, model_ids: Sequence[str], concurrency: int, hostname: str | None = None
+) -> list[str]:
+    """The ``celery worker`` command line of :func:`run_worker`: threads pool, our queues."""
+    return [
         "worker",
         "-Q",
         ",".join(worker_queues(model_ids)),
+        "--pool",
+        "threads",
         "--concurrency",
         str(concurrency),
         "--loglevel",
@@ -150,5 +120,56 @@ def run_worker(
         "--hostname",
         hostname or f"dicom-node-{os.getpid()}@%h",
     ]
-    log.info("worker for models %s on queues %s", ", ".join(model_ids), argv[2])
-    app.worker_main(argv)
+
+
+def run_worker(
+    settings: Settings,
+    model_ids: Sequence[str],
+    concurrency: int | None = None,
+    hostname: str | None = None,
+) -> None:
+    """Run a Celery worker in this process until it is stopped (SIGTERM: warm shutdown).
+
+    The worker runs Celery's threads pool: one process per GPU, its
+    analyses in threads sharing the process's
+    :class:`~workers.context.WorkerContext`. The context is created and its
+    models loaded and warmed up (every batch size their batchers use) here,
+    before the worker consumes a message, so the first study does not wait
+    (the threads pool has no ``worker_process_init``). It is closed when the
+    worker stops: queued images run first.
+
+    Parameters
+    ----------
+    settings : Settings
+        Node settings; ``broker_url`` is required.
+    model_ids : sequence of str
+        Models this worker holds; it consumes their ``infer.<id>`` queues.
+    concurrency : int, optional
+        Analyses run at once (pool threads); default ``settings.worker_concurrency``.
+    hostname : str, optional
+        Celery node name.
+
+    Raises
+    ------
+    ConfigError
+        See :func:`create_app`; also when ``model_ids`` is empty, or
+        ``settings.stat_rules`` is invalid.
+    """
+    if not model_ids:
+        raise ConfigError("a worker needs at least one model (--models)")
+    from dicom_node.core.redact import capture_library_warnings
+    from workers.context import init_context
+
+    capture_library_warnings()  # pydicom/highdicom warnings quote values (PHI)
+    app = create_app(settings)
+    threads = concurrency or settings.worker_concurrency
+    ctx = init_context(settings, model_ids)
+    ctx.warm_up()
+    argv = worker_argv(settings, model_ids, threads, hostname)
+    log.info(
+        "worker for models %s on queues %s, %d threads", ", ".join(model_ids), argv[2], threads
+    )
+    try:
+        app.worker_main(argv)
+    finally:
+        ctx.close()

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dicom_node.core.errors import DicomNodeError
 from dicom_node.core.settings import CONFIG_ENV, Peer, Settings, load_settings
@@ -117,6 +118,8 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         for row in weights.list_models(registry, models_dir):
             print(row)
         return 0
+    if args.models_cmd == "build":
+        return _models_build(settings, registry, args)
     manifest = registry.get(args.model)
     if args.models_cmd == "fetch":
         info = weights.fetch_weights(manifest, models_dir, url=args.url)
@@ -128,7 +131,59 @@ def _cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         f"{manifest.id} {manifest.version}: {info.kind} weights {info.path}\n"
         f"  sha256 {info.sha256}\n  source sha256 {info.source_sha256}"
     )
+    if args.models_cmd == "verify" and not args.weights_only:
+        return _models_verify_backends(settings, manifest, info, args)
     return 0
+
+
+def _backend_options(settings: Settings, manifest: Any, precision: Any = None) -> Any:
+    from dataclasses import replace
+
+    from workers.context import backend_options
+
+    options = backend_options(settings, manifest)
+    return replace(options, precision=precision) if precision else options
+
+
+def _models_build(settings: Settings, registry: Any, args: argparse.Namespace) -> int:
+    from models.engines.ahead import build_ahead
+    from models.weights import resolve_weights
+
+    ids = args.model or settings.enabled_models or registry.ids()
+    models_dir = settings.resolved_models_dir
+    status = 0
+    for model_id in ids:
+        manifest = registry.get(model_id)
+        info = resolve_weights(manifest, models_dir, settings.allow_demo_weights)
+        options = _backend_options(settings, manifest, args.precision)
+        lines, ok = build_ahead(manifest, info, models_dir, args.backend, options)
+        for line in lines:
+            print(line)
+        status = status or (0 if ok else 1)
+    return status
+
+
+def _models_verify_backends(
+    settings: Settings, manifest: Any, info: Any, args: argparse.Namespace
+) -> int:
+    from pydicom import dcmread
+
+    from models.preprocessing import Preprocessor
+    from models.verify import render_rows, verify_backends
+
+    images = []
+    if args.images:
+        pre = Preprocessor.from_manifest(manifest)
+        images = [pre.pre(dcmread(path)) for path in args.images]
+    options = _backend_options(settings, manifest)
+    rows = verify_backends(
+        manifest, info, settings.resolved_models_dir, options=options, images=images
+    )
+    print(f"reference: torch fp32 eager on cpu; {8 + len(images)} input(s)")
+    print(render_rows(rows))
+    failed = [row for row in rows if not row.ok]
+    print(f"{manifest.id}: {'FAIL' if failed else 'OK'} ({len(failed)} failing of {len(rows)})")
+    return 1 if failed else 0
 
 
 def _cmd_route(settings: Settings, args: argparse.Namespace) -> int:
@@ -175,7 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         "DICOM_NODE_SCP_PROCESSES)",
     )
     worker = sub.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--concurrency", type=int, default=1)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="analyses run at once, in threads sharing one batcher per model "
+        "(default: DICOM_NODE_WORKER_CONCURRENCY, 4)",
+    )
     worker.add_argument(
         "--models", help="comma-separated manifest ids it holds (default: DICOM_NODE_MODELS, all)"
     )
@@ -199,8 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
     imp = models_sub.add_parser("import", help="import weights you have (.pt, .safetensors, .onnx)")
     imp.add_argument("model", help="manifest id")
     imp.add_argument("file")
-    verify = models_sub.add_parser("verify", help="re-hash installed weights against their pins")
+    verify = models_sub.add_parser(
+        "verify",
+        help="re-hash installed weights against their pins, then check every available "
+        "backend and precision against the reference outputs (exit 1 on any FAIL)",
+    )
     verify.add_argument("model", help="manifest id")
+    verify.add_argument(
+        "--weights-only", action="store_true", help="only re-hash the weights"
+    )
+    verify.add_argument(
+        "--image", dest="images", action="append", default=[], metavar="DICOM_FILE",
+        help="also compare on this instance, preprocessed (repeatable)",
+    )
+    build = models_sub.add_parser(
+        "build",
+        help="build engines ahead of time: the ONNX export; TensorRT engines when "
+        "TensorRT and a GPU are there",
+    )
+    build.add_argument("model", nargs="*", help="manifest ids (default: enabled models, else all)")
+    build.add_argument(
+        "--backend", choices=["auto", "tensorrt", "torch", "onnxruntime", "all"], default="auto"
+    )
+    build.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16", "int8"],
+        help="default: DICOM_NODE_INFERENCE_PRECISION",
+    )
     sub.add_parser("demo", help="push the sample chest X-ray and print its SR")
     return parser
 

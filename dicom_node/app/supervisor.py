@@ -173,11 +173,16 @@ def redis_child(settings: Settings) -> tuple[Child, str]:
 
 
 def worker_child(settings: Settings, broker_url: str) -> Child:
-    """A Celery worker child (``dicom-node worker``) serving every enabled model."""
+    """A Celery worker child (``dicom-node worker``) serving every enabled model.
+
+    It runs ``DICOM_NODE_WORKER_CONCURRENCY`` analyses at once in Celery's
+    threads pool, batching their images across studies (one process, one
+    GPU; see :func:`workers.app.run_worker`).
+    """
     resolved = settings.model_copy(
         update={"broker_url": broker_url, "data_dir": settings.data_dir.resolve()}
     )
-    argv = [sys.executable, "-m", "dicom_node.app.cli", "worker", "--concurrency", "1"]
+    argv = [sys.executable, "-m", "dicom_node.app.cli", "worker"]
     return Child("celery-worker", argv, env=_child_env(resolved), stop_timeout=60.0)
 
 

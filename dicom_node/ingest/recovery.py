@@ -21,6 +21,19 @@ report per profile (insert-or-get, derived UIDs) and so does its work once
 however often it is delivered. After ``analysis_max_requeues``
 re-publications the analysis is marked ``failed`` (a message that kills
 every worker it reaches must not loop forever).
+
+Two looks. One look asks the workers (``query_task`` collects replies for
+a second) and then lists the queues. A message a worker takes from its
+queue after answering but before the queues are listed is in neither
+answer, though a live worker holds it: this happens when a worker restarted
+after a crash takes the re-published message during a sweep. So the ids
+not held at the first look are asked about again before anything is
+re-published: a message can leave its queue for a worker only once, so the
+second look sees it held (or its analysis finished, which the ledger
+transition then refuses).
+
+Workers run Celery's threads pool: their consumer thread answers remote
+control while every pool thread analyses (tests/test_stat_worker.py).
 """
 
 from __future__ import annotations
@@ -157,6 +170,9 @@ class StallSweeper:
         wanted = {p.task_id: model_queue(p.model_id) for p in payloads.values()}
         try:
             held = self.broker.held_task_ids(wanted)
+            unheld = {task_id: q for task_id, q in wanted.items() if task_id not in held}
+            if unheld:  # a second look: see "Two looks" in the module docstring
+                held |= self.broker.held_task_ids(unheld)
         except EnqueueError as exc:
             log.warning("stall sweep skipped: cannot ask the broker (%s)", exc)
             return SweepResult(stalled=len(stalled), no_payload=no_payload, broker_down=True)

@@ -8,6 +8,7 @@ shape check and the manifest's activation after (in numpy, in one place).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +211,91 @@ class LoadedModel:
             See :meth:`raw`.
         """
         return apply_activation(self.raw(batch), self.manifest.output.activation)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (``os.sched_getaffinity``; else ``os.cpu_count``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> Literal["cuda", "cpu"]:
+    """The device ``auto`` means on this host.
+
+    Parameters
+    ----------
+    device : {"auto", "cuda", "cpu"}
+        ``auto``: ``cuda`` when ``torch.cuda.is_available()`` (torch imported
+        here, lazily; absent torch means ``cpu``).
+
+    Returns
+    -------
+    {"cuda", "cpu"}
+    """
+    if device == "cuda":
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> Precision:
+    """The precision ``auto`` means on a device: ``fp16`` on CUDA, ``fp32`` on the CPU."""
+    if precision == "auto":
+        return "fp16" if device == "cuda" else "fp32"
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise InferenceError(f"unknown precision {precision!r}")
+    return precision  # type: ignore[return-value]
+
+
+def padded_size(n: int, batch_sizes: tuple[int, ...]) -> int:
+    """The smallest of ``batch_sizes`` that holds ``n`` rows (the largest when none does)."""
+    fits = [size for size in sorted(batch_sizes) if size >= n]
+    return fits[0] if fits else max(batch_sizes)
+
+
+def run_padded(
+    batch: npt.NDArray[np.float32],
+    batch_sizes: tuple[int, ...],
+    run_fixed: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]],
+) -> npt.NDArray[np.float32]:
+    """Run a batch through a runner that only takes fixed (warmed) batch sizes.
+
+    The batch is cut into chunks of at most ``max(batch_sizes)`` rows; a chunk
+    whose size is not one of ``batch_sizes`` is padded with zero rows up to the
+    next one (:func:`padded_size`), and only its real rows are kept. Rows do
+    not interact in inference (eval-mode normalisation), so padding does not
+    change them.
+
+    Parameters
+    ----------
+    batch : ndarray
+        ``(N, ...) float32``.
+    batch_sizes : tuple of int
+        The sizes ``run_fixed`` accepts (CUDA graphs captured, TensorRT profile
+        warmed).
+    run_fixed : callable
+        ``(B, ...) float32 -> (B, L) float32`` for ``B`` in ``batch_sizes``.
+
+    Returns
+    -------
+    ndarray
+        ``(N, L) float32``, row ``i`` from row ``i`` of ``batch``.
+    """
+    largest = max(batch_sizes)
+    outputs: list[npt.NDArray[np.float32]] = []
+    for start in range(0, batch.shape[0], largest):
+        chunk = batch[start : start + largest]
+        size = padded_size(chunk.shape[0], batch_sizes)
+        if size != chunk.shape[0]:
+            pad = np.zeros((size - chunk.shape[0], *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        rows = min(largest, batch.shape[0] - start)
+        outputs.append(np.asarray(run_fixed(chunk), dtype=np.float32)[:rows])
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)

@@ -2,7 +2,8 @@
 
 An *analysis* is one model run on one study (one generation). Its report input is
 a :class:`ReportInput`: the findings, one per (scope unit, label), the headers of
-every image the model ran on, the model's manifest and weights, and the backend.
+every image the model ran on, the model's manifest and weights, and how the model
+was served (backend, precision, device, engine key).
 
 The manifest and weights are typed by the small protocols below, which name only
 the fields a report needs: ``models.manifest.Manifest``, ``models.weights.WeightsInfo``,
@@ -29,6 +30,8 @@ Scope = Literal["image", "series", "study"]
 """Aggregation scope: one finding per image, per series, or per study and label."""
 
 TOLERANCE = 1e-6  # float32 rounding allowed outside [0, 1] before a probability is refused
+DEFAULT_PRECISION = "fp32"
+"""Precision reported for a model that does not say (a backend of before issue 7, a stand-in)."""
 
 
 class CodeLike(Protocol):
@@ -157,6 +160,13 @@ class ReportInput:
     skipped : sequence of SkippedImage
         Images of the analysis that were not analysed, each with its reason (no
         values); the report names them.
+    precision : str
+        What the backend computed in: "fp32" (default), "fp16", "bf16" or "int8".
+    engine_key : str
+        Key of the compiled artefact that ran (a TensorRT engine, an ONNX export);
+        "" when there is none (eager PyTorch), and then not reported.
+    device : str
+        "cuda" or "cpu"; "" when unknown, and then not reported.
     """
 
     study_uid: str
@@ -167,6 +177,9 @@ class ReportInput:
     findings: Sequence[Finding]
     evidence: Sequence[Dataset]
     skipped: Sequence[SkippedImage] = ()
+    precision: str = DEFAULT_PRECISION
+    engine_key: str = ""
+    device: str = ""
 
     @property
     def is_demo(self) -> bool:
@@ -241,7 +254,11 @@ class OutcomeLike(Protocol):
 
 
 class ModelLike(Protocol):
-    """A loaded model (``models.backends.LoadedModel``)."""
+    """A loaded model (``models.backends.LoadedModel``).
+
+    ``precision``, ``engine_key`` and ``device`` (see :class:`Serving`) are read
+    when the model has them (:func:`serving_of`); a model without them still fits.
+    """
 
     @property
     def manifest(self) -> ManifestLike: ...  # noqa: D102
@@ -249,6 +266,49 @@ class ModelLike(Protocol):
     def weights(self) -> WeightsLike: ...  # noqa: D102
     @property
     def backend(self) -> str: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Backend, precision, engine key and device of a model, as its reports record them.
+
+    Attributes
+    ----------
+    backend : str
+        "tensorrt", "torch" or "onnxruntime" (anything else is written as is).
+    precision : str
+        "fp32", "fp16", "bf16" or "int8".
+    engine_key : str
+        Compiled artefact's key, "" for none.
+    device : str
+        "cuda" or "cpu", "" when unknown.
+    """
+
+    backend: str
+    precision: str = DEFAULT_PRECISION
+    engine_key: str = ""
+    device: str = ""
+
+
+def serving_of(model: ModelLike) -> Serving:
+    """Read how ``model`` is served; attributes it lacks take the defaults of :class:`Serving`.
+
+    Parameters
+    ----------
+    model : ModelLike
+        ``models.backends.LoadedModel`` (``backend``, ``precision``, ``engine_key``,
+        ``device``) or a stand-in with ``backend`` only.
+
+    Returns
+    -------
+    Serving
+    """
+    return Serving(
+        backend=str(model.backend),
+        precision=str(getattr(model, "precision", "") or DEFAULT_PRECISION),
+        engine_key=str(getattr(model, "engine_key", "") or ""),
+        device=str(getattr(model, "device", "") or ""),
+    )
 
 
 def report_input(
@@ -262,7 +322,8 @@ def report_input(
         Aggregates (one per scope unit; ``probabilities`` ``(L,) float32`` in manifest
         label order, ``sources[i]`` the images behind label ``i``) and the images used.
     model : ModelLike
-        Manifest, weights and backend name.
+        Manifest, weights and backend name; precision, engine key and device when
+        the model has them (:func:`serving_of`).
     study_uid : str
         Study Instance UID.
     generation : int
@@ -281,6 +342,7 @@ def report_input(
         If an aggregate's probabilities do not have one value per manifest label.
     """
     labels = list(model.manifest.labels)
+    serving = serving_of(model)
     findings: list[Finding] = []
     for unit in outcome.aggregates:
         if len(unit.probabilities) != len(labels) or len(unit.sources) != len(labels):
@@ -296,10 +358,13 @@ def report_input(
         generation=generation,
         manifest=model.manifest,
         weights=model.weights,
-        backend=model.backend,
+        backend=serving.backend,
         findings=findings,
         evidence=[image.header for image in outcome.images],
         skipped=list(outcome.skipped),
+        precision=serving.precision,
+        engine_key=serving.engine_key,
+        device=serving.device,
     )
 
 

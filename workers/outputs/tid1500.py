@@ -10,7 +10,8 @@ Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
   in input order, each with tracking identifier (UID derived from the SR's SOP
   Instance UID, the scope key and the label), finding type (the label's code),
   algorithm identification (TID 4019: model id, version; parameters: weights
-  sha256, weights kind, backend, model card URL / reference, intended use),
+  sha256, weights kind, backend, precision, device, engine key, model card URL /
+  reference, intended use),
   source images (the image(s) that drove the finding), one measurement
   DCM 122157 "Probability" in UCUM "1", and a qualitative evaluation
   SCT 52101004 "Present" / SCT 272519000 "Absent" at the label's threshold
@@ -205,17 +206,35 @@ def series_description(inp: ReportInput) -> str:
 
 
 def algorithm_identification(inp: ReportInput) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 for the model: id (+ UNTRAINED), version, weights, backend, model card."""
+    """TID 4019 for the model: id (+ UNTRAINED), version, weights, serving, model card.
+
+    Parameters (DCM 111002, one TEXT each): ``weights sha256 <hex>``, ``weights kind
+    <kind>``, then :func:`serving_lines`, then :func:`model_card_lines`.
+    """
     name = inp.manifest.id + (f" ({UNTRAINED_TAG} DEMO WEIGHTS)" if inp.is_demo else "")
     parameters = [
         f"weights sha256 {inp.weights.sha256}",
         f"weights kind {inp.weights.kind}",
-        f"backend {inp.backend}",
+        *serving_lines(inp),
         *model_card_lines(inp.manifest),
     ]
     return hd.sr.AlgorithmIdentification(
         name=name, version=inp.manifest.version, parameters=parameters
     )
+
+
+def serving_lines(inp: ReportInput) -> list[str]:
+    """How the model ran: ``backend <key>``, ``precision <p>``, ``device <d>``, ``engine <key>``.
+
+    The device line is left out when unknown, the engine line when there is no
+    compiled artefact (eager PyTorch).
+    """
+    lines = [f"backend {inp.backend}", f"precision {inp.precision}"]
+    if inp.device:
+        lines.append(f"device {inp.device}")
+    if inp.engine_key:
+        lines.append(f"engine {inp.engine_key}")
+    return lines
 
 
 def model_card_lines(manifest: ManifestLike) -> list[str]:

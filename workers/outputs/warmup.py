@@ -15,6 +15,7 @@ from pydicom import Dataset
 
 from dicom_node.core.uids import derived_uid
 from workers.outputs.findings import (
+    DEFAULT_PRECISION,
     AggregationLike,
     Finding,
     LabelLike,
@@ -108,8 +109,20 @@ def synthetic_header() -> Dataset:
     return ds
 
 
-def warm_up_sr(manifest: ManifestLike | None = None, backend: str = "warm-up") -> Dataset:
+def warm_up_sr(
+    manifest: ManifestLike | None = None,
+    backend: str = "warm-up",
+    *,
+    precision: str = DEFAULT_PRECISION,
+    engine_key: str = "",
+    device: str = "",
+) -> Dataset:
     """Build one TID 1500 SR from :func:`synthetic_header`, to be thrown away.
+
+    The worker calls it with what its loaded model says of itself
+    (``models.backends.LoadedModel``: ``backend``, ``precision``, ``engine_key``,
+    ``device``), so that the warm-up SR carries the same algorithm parameters as
+    the model's reports (``workers.outputs.tid1500.serving_lines``).
 
     Parameters
     ----------
@@ -118,6 +131,12 @@ def warm_up_sr(manifest: ManifestLike | None = None, backend: str = "warm-up") -
         (default: a one-label stand-in).
     backend : str
         Backend name written in the algorithm identification.
+    precision : str
+        "fp32" (default), "fp16", "bf16" or "int8".
+    engine_key : str
+        Engine key ("" for none: not written).
+    device : str
+        "cuda" or "cpu" ("" for unknown: not written).
 
     Returns
     -------
@@ -148,5 +167,8 @@ def warm_up_sr(manifest: ManifestLike | None = None, backend: str = "warm-up") -
         backend=backend,
         findings=findings,
         evidence=[header],
+        precision=precision,
+        engine_key=engine_key,
+        device=device,
     )
     return build_tid1500(inp)

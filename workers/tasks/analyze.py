@@ -9,7 +9,13 @@ Nothing this task leaves behind quotes a header value: ledger reasons, log
 lines, the returned :class:`~dicom_node.core.contract.TaskOutcome` and any
 exception raised out of the task (which Celery stores, with its traceback, in
 the result backend) go through :mod:`dicom_node.core.redact`, and pydicom's
-and highdicom's warnings are captured while the task runs.
+and highdicom's warnings are captured while the task runs (one capture shared by
+the analyses Celery's threads pool runs at once,
+:mod:`workers.pipeline.shared_capture`).
+
+The images go through the worker's preprocessing threads and the model's
+batcher (:class:`~workers.batching.DynamicBatcher`), shared with the other
+analyses running in this process; a STAT analysis's images are batched first.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from dicom_node.core.contract import DELIVER_TASK, DELIVERY_QUEUE, Analyze, Deli
 from dicom_node.core.durable import safe_component, write_durably
 from dicom_node.core.errors import DicomNodeError, SpoolError
 from dicom_node.core.ledger import AnalysisState, DeliveryState
-from dicom_node.core.redact import captured_library_warnings, frames, reason_for, scrubbed
+from dicom_node.core.redact import frames, reason_for, scrubbed
 from models.backends import LoadedModel
 from models.weights import UNTRAINED_NOTICE
 from workers.context import WorkerContext, current
 from workers.outputs import PROFILES, build_report
 from workers.pipeline.run import Outcome, run_analysis
+from workers.pipeline.shared_capture import shared_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ def analyze(task: Task, request: Analyze) -> TaskOutcome:
     task : celery.Task
         The bound task (for ``retry`` and its app).
     request : Analyze
-        Analysis id, study, model and the spool paths it applies to.
+        Analysis id, study, model, the spool paths it applies to and its priority.
 
     Returns
     -------
@@ -126,7 +133,7 @@ def analyze(task: Task, request: Analyze) -> TaskOutcome:
         When the ledger itself fails: the exception, its arguments replaced by
         a PHI-free reason and its chain cut (:func:`dicom_node.core.redact.scrubbed`).
     """
-    with captured_library_warnings():
+    with shared_library_warnings():
         try:
             return _analyze(task, request)
         except Retry:
@@ -156,7 +163,14 @@ def _analyze(task: Task, request: Analyze) -> TaskOutcome:
                 f"worker has {request.model_id} {model.manifest.version}, "
                 f"analysis asked for {request.model_version}"
             )
-        outcome = run_analysis(model, request.paths, request.study_uid)
+        outcome = run_analysis(
+            model,
+            request.paths,
+            request.study_uid,
+            batcher=ctx.batcher(request.model_id),
+            pool=ctx.pool,
+            priority=request.priority,
+        )
         ledger.record_skipped(request.analysis_id, outcome.skipped)
         if not outcome.images:
             reason = nothing_analysed(outcome)
@@ -205,10 +219,11 @@ def _analyze(task: Task, request: Analyze) -> TaskOutcome:
         weights_sha256=model.weights.sha256,
     )
     log.info(
-        "analysis %d: study %s, %s: %s; %.2f s (%s)",
+        "analysis %d: study %s, %s (%s): %s; %.2f s (%s)",
         request.analysis_id,
         request.study_uid,
         request.model_id,
+        request.priority,
         summary,
         time.perf_counter() - started,
         ", ".join(f"{k} {v:.3f}" for k, v in outcome.timings.items()),

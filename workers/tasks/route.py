@@ -1,12 +1,27 @@
-"""``route_study``: decide which models run on a complete study, and start one analysis each."""
+"""``route_study``: decide which models run on a complete study, and start one analysis each.
+
+Each analysis gets a priority (:func:`models.priority.study_priority`: the
+site's STAT rules on the instances the model runs on, or the manifest's
+``serving.priority``). It is kept in the stored message and sent as the
+message's Celery priority, so a STAT analysis is taken from ``infer.<model>``
+before every routine one waiting there.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from celery import Task
+from pydicom import Dataset
 
-from dicom_node.core.contract import ANALYZE_TASK, Analyze, RouteStudy, TaskOutcome, model_queue
+from dicom_node.core.contract import (
+    ANALYZE_TASK,
+    Analyze,
+    Priority,
+    RouteStudy,
+    TaskOutcome,
+    model_queue,
+)
 from dicom_node.core.ledger import (
     AnalysisSnapshot,
     AnalysisSpec,
@@ -14,8 +29,9 @@ from dicom_node.core.ledger import (
     Ledger,
     StudyState,
 )
+from models.priority import study_priority
 from models.routing import read_headers, route
-from workers.context import current
+from workers.context import WorkerContext, current
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +97,22 @@ def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
         [AnalysisSpec(m.model_id, m.version, len(m.paths)) for m in plan.matches],
     )
     paths = {m.model_id: m.paths for m in plan.matches}
+    headers = dict(instances)
+    priorities = {
+        m.model_id: _priority(ctx, m.model_id, [headers[p] for p in m.paths], request)
+        for m in plan.matches
+    }
     try:
         for analysis in analyses:
             if analysis.state == AnalysisState.QUEUED:  # not started by an earlier run
-                _publish(task, ledger, request, analysis, paths[analysis.model_id])
+                _publish(
+                    task,
+                    ledger,
+                    request,
+                    analysis,
+                    paths[analysis.model_id],
+                    priorities[analysis.model_id],
+                )
     except Exception as exc:  # the broker went away mid-way: the study waits, then goes on
         log.warning(
             "study %s: cannot publish its analyses (%s); retrying",
@@ -98,18 +126,26 @@ def route_study(task: Task, request: RouteStudy) -> TaskOutcome:
     return TaskOutcome(state=StudyState.ROUTED.value, detail=models)
 
 
+def _priority(
+    ctx: WorkerContext, model_id: str, headers: list[Dataset], request: RouteStudy
+) -> Priority:
+    manifest = ctx.registry.get(model_id)
+    return study_priority(manifest, headers, request.calling_ae, ctx.stat_rules)
+
+
 def _publish(
     task: Task,
     ledger: Ledger,
     request: RouteStudy,
     analysis: AnalysisSnapshot,
     paths: list[str],
+    priority: Priority,
 ) -> None:
-    """Send one ``analyze`` message, after keeping it in the ledger.
+    """Send one ``analyze`` message with its Celery priority, after keeping it in the ledger.
 
-    The stored message is what the SCP's stall sweeper
-    (:mod:`dicom_node.ingest.recovery`) publishes again, unchanged, if the
-    worker that runs it dies with it.
+    The stored message (its priority included) is what the SCP's stall
+    sweeper (:mod:`dicom_node.ingest.recovery`) publishes again, unchanged,
+    if the worker that runs it dies with it.
     """
     payload = Analyze(
         analysis_id=analysis.id,
@@ -118,6 +154,7 @@ def _publish(
         model_id=analysis.model_id,
         model_version=analysis.model_version,
         paths=paths,
+        priority=priority,
     )
     ledger.record_dispatch(analysis.id, payload.model_dump_json())
     task.app.send_task(
@@ -125,6 +162,14 @@ def _publish(
         kwargs={"request": payload.model_dump(mode="json")},
         task_id=payload.task_id,
         queue=model_queue(analysis.model_id),
+        priority=payload.celery_priority,
         retry=True,
         retry_policy=PUBLISH_RETRY_POLICY,
+    )
+    log.info(
+        "study %s: analysis %d (%s) published, priority %s",
+        request.study_uid,
+        analysis.id,
+        analysis.model_id,
+        priority,
     )

@@ -1,6 +1,7 @@
-"""The engine builder: turn installed weights into a runnable, cached engine.
+"""The ONNX export: installed weights to a cached ``.onnx`` graph.
 
-Today it exports an ONNX graph (run by ONNX Runtime on CPU or CUDA). The graph
+The graph is run by ONNX Runtime (CPU or CUDA) and is what TensorRT engines are
+built from (:mod:`models.engines.tensorrt_build`). The graph
 returns RAW outputs (logits): the manifest's activation is applied once, in
 numpy, by :mod:`models.backends`. Engines are cached by key so each is built
 once per host, under a file lock, and reused by every worker::
@@ -8,10 +9,6 @@ once per host, under a file lock, and reused by every worker::
     <models_dir>/engines/<model_id>-<weights sha256[:16]>-<io spec hash[:8]>-opset<N>.onnx
 
 Imported ONNX weights are their own engine (no export).
-
-The TensorRT engine builder goes here too (a later issue): parse this ONNX
-file, build with an optimization profile over batch size, and cache by GPU
-name, compute capability, TensorRT version and ONNX sha256.
 """
 
 from __future__ import annotations
