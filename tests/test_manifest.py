@@ -194,9 +194,9 @@ def test_factories_are_per_object() -> None:
     assert "tiny" in one.architectures and "tiny" not in two.architectures
     with pytest.raises(ValueError, match="already registered"):
         one.architectures.register("tiny", one.architectures.get("densenet121"))
-    assert two.backends.keys() == ["onnxruntime", "torch"]
-    with pytest.raises(ManifestError, match="unknown backend 'tensorrt'"):
-        Factories("backend", two.backends.as_dict()).get("tensorrt")
+    assert two.backends.keys() == ["onnxruntime", "tensorrt", "torch"]
+    with pytest.raises(ManifestError, match="unknown backend 'openvino'"):
+        Factories("backend", two.backends.as_dict()).get("openvino")
 
 
 # The input contract -------------------------------------------------------

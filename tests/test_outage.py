@@ -12,7 +12,7 @@ from dicom_node.core.contract import ROUTE_QUEUE
 from dicom_node.core.ledger import StudyState
 from dicom_node.core.settings import Settings
 from dicom_node.ingest.scp import StoreSCP
-from tests.conftest import free_port, start_redis, wait_for
+from tests.conftest import free_port, queued_messages, start_redis, wait_for
 from tests.test_scp import _scu_store
 
 
@@ -50,7 +50,7 @@ def test_study_waits_for_redis_then_is_enqueued_once(tmp_path: Path, cr_path: Pa
             60,
             "the study to be enqueued after Redis came back",
         )
-        queued = redis.Redis(port=redis_port).llen(ROUTE_QUEUE)
+        queued = len(queued_messages(redis.Redis(port=redis_port), ROUTE_QUEUE))
         assert queued == 1
     finally:
         scp.stop()

@@ -83,7 +83,10 @@ def create_app(settings: Settings, with_results: bool = True) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_track_started=True,
+        # No STARTED write to the result backend before a task's body: with Redis just gone,
+        # that write fails and the taken message never runs (it waits for the visibility
+        # timeout). The ledger records what runs; `query_task` sees what a worker holds.
+        task_track_started=False,
         task_default_priority=CELERY_PRIORITY["routine"],
         result_expires=7 * 24 * 3600,
         broker_transport_options=transport,
