@@ -332,6 +332,20 @@ class Manifest(_Strict):
         return self.weights.sha256 is not None
 
 
+def validation_problems(exc: ValidationError, top: str) -> str:
+    """One line naming each invalid field and why: ``"input.shape: ...; labels: ..."``.
+
+    Parameters
+    ----------
+    exc : pydantic.ValidationError
+    top : str
+        The name of a problem with the whole object rather than a field.
+    """
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or top}: {err['msg']}" for err in exc.errors()
+    )
+
+
 def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     """Validate already-parsed manifest data.
 
@@ -354,10 +368,7 @@ def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = validation_problems(exc, "(top)")
         raise ManifestError(f"invalid manifest {source}: {problems}") from exc
     except ValueError as exc:  # a preprocessing validator raising outside pydantic's wrapping
         raise ManifestError(f"invalid manifest {source}: {exc}") from exc

@@ -24,7 +24,7 @@ from pydicom import Dataset
 
 from dicom_node.core.contract import Priority
 from dicom_node.core.errors import ConfigError
-from models.manifest import Manifest, RoutingRule
+from models.manifest import Manifest, RoutingRule, validation_problems
 from models.routing import rule_reason
 
 
@@ -58,10 +58,7 @@ def parse_stat_rules(raw: Any) -> list[RoutingRule]:
         try:
             rule = RoutingRule.model_validate(item)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(rule)'}: {err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, "(rule)")
             raise ConfigError(f"{where} is invalid: {problems}") from exc
         if rule == RoutingRule():
             raise ConfigError(f"{where} has no condition: it would make every study STAT")

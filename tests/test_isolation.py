@@ -42,16 +42,13 @@ from dicom_node.app.status_view import render_text, to_json
 from dicom_node.core.contract import ANALYZE_TASK, Analyze
 from dicom_node.core.ledger import (
     AnalysisSnapshot,
-    AnalysisSpec,
     AnalysisState,
-    InstanceRecord,
     Ledger,
-    StudyState,
 )
 from models.backends.base import LoadedModel
 from models.registry import ModelRegistry
 from models.weights.info import WeightsInfo
-from tests.test_tasks import task_chain
+from tests.test_tasks import queued_analysis, record_queued, task_chain
 from workers.context import WorkerContext
 from workers.outputs import build_report
 from workers.outputs.reader import read_findings, read_not_analysed
@@ -157,32 +154,8 @@ def node(
 
 
 def _analysis(ctx: WorkerContext, study_uid: str, paths: list[str]) -> Analyze:
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True)
-        ctx.ledger.record_instance(
-            InstanceRecord(
-                study_uid,
-                str(ds.SeriesInstanceUID),
-                str(ds.SOPInstanceUID),
-                "1.2.840.10008.5.1.4.1.1.2",
-                "1.2.840.10008.1.2.1",
-                path,
-                "MODALITY",
-            )
-        )
-    ctx.ledger.transition_study(study_uid, 1, StudyState.QUEUED)
-    manifest = ctx.registry.get(ICH)
-    (analysis,) = ctx.ledger.create_analyses(
-        study_uid, 1, [AnalysisSpec(manifest.id, manifest.version, len(paths))]
-    )
-    return Analyze(
-        analysis_id=analysis.id,
-        study_uid=study_uid,
-        generation=1,
-        model_id=ICH,
-        model_version=manifest.version,
-        paths=paths,
-    )
+    record_queued(ctx, study_uid, paths, sop_class="1.2.840.10008.5.1.4.1.1.2")  # CT Image
+    return queued_analysis(ctx, study_uid, paths, ICH)
 
 
 def _stored_result(client: redis.Redis, task_id: str) -> str:

@@ -23,10 +23,10 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from dicom_node.core.contract import ANALYZE_TASK, Analyze, Priority, model_queue
-from dicom_node.core.ledger import AnalysisSpec, AnalysisState, InstanceRecord, StudyState
+from dicom_node.core.ledger import AnalysisState
 from dicom_node.ingest.recovery import StallSweeper
 from tests.conftest import wait_for, with_new_uids
-from tests.test_tasks import CHEST, task_chain
+from tests.test_tasks import CHEST, queued_analysis, record_queued, task_chain
 from workers.context import WorkerContext
 
 pytestmark = pytest.mark.filterwarnings(
@@ -47,34 +47,10 @@ def node(
 
 def _analysis(ctx: WorkerContext, files: list[Path], priority: Priority) -> Analyze:
     """A queued analysis of a new one-series study made of ``files``."""
-    headers = [dcmread(f, stop_before_pixels=True) for f in files]
-    study_uid = str(headers[0].StudyInstanceUID)
-    for path, ds in zip(files, headers, strict=True):
-        ctx.ledger.record_instance(
-            InstanceRecord(
-                study_uid,
-                str(ds.SeriesInstanceUID),
-                str(ds.SOPInstanceUID),
-                str(ds.SOPClassUID),
-                "1.2.840.10008.1.2.1",
-                str(path),
-                "MODALITY",
-            )
-        )
-    ctx.ledger.transition_study(study_uid, 1, StudyState.QUEUED)
-    manifest = ctx.registry.get(CHEST)
-    (row,) = ctx.ledger.create_analyses(
-        study_uid, 1, [AnalysisSpec(manifest.id, manifest.version, len(files))]
-    )
-    return Analyze(
-        analysis_id=row.id,
-        study_uid=study_uid,
-        generation=1,
-        model_id=CHEST,
-        model_version=manifest.version,
-        paths=[str(f) for f in files],
-        priority=priority,
-    )
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    paths = [str(f) for f in files]
+    record_queued(ctx, study_uid, paths)
+    return queued_analysis(ctx, study_uid, paths, CHEST, priority)
 
 
 def _study_files(source: Path, directory: Path, count: int) -> list[Path]:

@@ -26,6 +26,7 @@ from dicom_node.core.contract import (
     ROUTE_QUEUE,
     ROUTE_TASK,
     Analyze,
+    Priority,
     RouteStudy,
     model_queue,
 )
@@ -77,24 +78,56 @@ def chain(
     client.flushdb()
 
 
-def _study(ctx: WorkerContext, tmp_path: Path) -> tuple[str, list[str]]:
-    study = mixed_study(tmp_path / "study", ct_slices=2)
-    paths = []
-    for path in study.files:
+def record_queued(
+    ctx: WorkerContext, study_uid: str, paths: list[str], sop_class: str | None = None
+) -> None:
+    """Record a study's files in the ledger and queue generation 1, as the SCP does.
+
+    ``sop_class`` replaces each file's SOP Class UID (for files whose header lacks one).
+    """
+    for path in paths:
         ds = dcmread(path, stop_before_pixels=True)
         ctx.ledger.record_instance(
             InstanceRecord(
-                study.study_uid,
+                study_uid,
                 str(ds.SeriesInstanceUID),
                 str(ds.SOPInstanceUID),
-                str(ds.SOPClassUID),
+                sop_class or str(ds.SOPClassUID),
                 "1.2.840.10008.1.2.1",
-                str(path),
+                path,
                 "MODALITY",
             )
         )
-        paths.append(str(path))
-    ctx.ledger.transition_study(study.study_uid, 1, StudyState.QUEUED)
+    ctx.ledger.transition_study(study_uid, 1, StudyState.QUEUED)
+
+
+def queued_analysis(
+    ctx: WorkerContext,
+    study_uid: str,
+    paths: list[str],
+    model_id: str,
+    priority: Priority = "routine",
+) -> Analyze:
+    """The ``analyze`` message of a new analysis of a queued study (see :func:`record_queued`)."""
+    manifest = ctx.registry.get(model_id)
+    (row,) = ctx.ledger.create_analyses(
+        study_uid, 1, [AnalysisSpec(manifest.id, manifest.version, len(paths))]
+    )
+    return Analyze(
+        analysis_id=row.id,
+        study_uid=study_uid,
+        generation=1,
+        model_id=model_id,
+        model_version=manifest.version,
+        paths=paths,
+        priority=priority,
+    )
+
+
+def _study(ctx: WorkerContext, tmp_path: Path) -> tuple[str, list[str]]:
+    study = mixed_study(tmp_path / "study", ct_slices=2)
+    paths = [str(path) for path in study.files]
+    record_queued(ctx, study.study_uid, paths)
     return study.study_uid, paths
 
 

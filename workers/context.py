@@ -13,7 +13,6 @@ tasks directly).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from dicom_node.core.errors import DicomNodeError, InferenceError
 from dicom_node.core.ledger import Ledger
 from dicom_node.core.settings import Settings, load_settings
 from models.backends import BackendOptions, LoadedModel, load_model, warm_up
+from models.backends.base import available_cores
 from models.manifest import Manifest, RoutingRule
 from models.priority import parse_stat_rules
 from models.registry import ModelRegistry
@@ -77,14 +77,6 @@ def backend_options(settings: Settings, manifest: Manifest) -> BackendOptions:
         workspace_mb=settings.engine_workspace_mb,
         calibration_dir=settings.int8_calibration_dir,
     )
-
-
-def cores() -> int:
-    """CPU cores this process may run on (its affinity mask; the machine's otherwise)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 class WorkerContext:
@@ -182,7 +174,7 @@ class WorkerContext:
         """Threads that decode and preprocess images (``preprocess_workers``; 0: the cores)."""
         with self._lock:
             if self._pool is None:
-                workers = self.settings.preprocess_workers or cores()
+                workers = self.settings.preprocess_workers or available_cores()
                 self._pool = ThreadPoolExecutor(workers, thread_name_prefix="preprocess")
             return self._pool
 
@@ -204,7 +196,13 @@ class WorkerContext:
                 model = self.model(model_id)
                 sizes = backend_options(self.settings, model.manifest).batch_sizes
                 seconds = warm_up(model, sizes if model.device == "cuda" else sizes[:1])
-                warm_up_sr(model.manifest, backend=model.backend)
+                warm_up_sr(
+                    model.manifest,
+                    backend=model.backend,
+                    precision=model.precision,
+                    engine_key=model.engine_key,
+                    device=model.device,
+                )
                 self.batcher(model_id)
             except DicomNodeError as exc:
                 log.warning("model %s: not ready: %s", model_id, exc)
