@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # labelled as such in every SR and log line. DICOM_NODE_ALLOW_DEMO_WEIGHTS=0 refuses them.
 DEMO_WEIGHTS := DICOM_NODE_ALLOW_DEMO_WEIGHTS=$${DICOM_NODE_ALLOW_DEMO_WEIGHTS:-1}
 
-.PHONY: up test demo bench lint typecheck imports venv sysdeps clean
+.PHONY: up test demo bench lint typecheck imports venv sysdeps jsdeps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,31 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# System tools the tests run: dcmtk, dicom3tools (dciodvfy), Orthanc with its DICOMweb
+# plugin (the tests start their own instance; the Debian service is not used), node + npm
+# (dcmjs, OHIF's DICOM parser). Each is installed only when missing.
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 sysdeps:
 	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null; then \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk dicom3tools >/dev/null; \
 	fi
+	@if ! { command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ]; } || [ ! -e $(ORTHANC_DICOMWEB) ]; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; \
+	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; \
+	fi
+
+# dcmjs for tests/js/ohif_check.mjs, exactly as tests/js/package-lock.json pins it.
+JS_STAMP := tests/js/node_modules/.installed
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json | sysdeps
+	cd tests/js && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
+
+jsdeps: $(JS_STAMP)
 
 up: venv
 	$(DEMO_WEIGHTS) $(BIN)/dicom-node up
@@ -46,7 +66,7 @@ typecheck: venv
 imports: venv
 	$(BIN)/lint-imports
 
-test: venv sysdeps lint typecheck imports
+test: venv sysdeps jsdeps lint typecheck imports
 	$(BIN)/pytest -n 2
 
 bench: venv sysdeps

@@ -80,7 +80,7 @@ def test_status_of_an_old_ledger_says_how_to_upgrade_it(
     assert main(["status"]) == 2
     assert "dicom-node ledger upgrade" in capsys.readouterr().err
     assert main(["ledger", "upgrade"]) == 0
-    assert "0001 -> 0003" in capsys.readouterr().out
+    assert "0001 -> 0004" in capsys.readouterr().out
     assert main(["status", "--json"]) == 0
     studies = {s["study_uid"]: s for s in json.loads(capsys.readouterr().out)}
     assert len(studies) == 5

@@ -380,4 +380,6 @@ def test_status_json(ledger: Ledger) -> None:
         "created_at": 0,
         "last_attempt_at": 0,
         "delivered_at": None,
+        "status": None,
+        "warning": None,
     }

@@ -56,7 +56,7 @@ def _schema_diff(db: Path) -> list[object]:
 
 
 def test_head_is_the_fan_out() -> None:
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
 
 def test_an_old_ledger_is_upgraded_in_place(old_db: Path) -> None:
@@ -140,7 +140,7 @@ def test_read_only_open_of_an_old_ledger_says_what_to_do(old_db: Path) -> None:
     with pytest.raises(LedgerError) as err:
         Ledger(_url(old_db), upgrade=False)
     assert str(err.value) == (
-        "ledger schema 0001 is older than this release (0003); "
+        "ledger schema 0001 is older than this release (0004); "
         "run `dicom-node up` or `dicom-node ledger upgrade`"
     )
     assert _dump(old_db) == before
@@ -171,7 +171,7 @@ def test_concurrent_openers_upgrade_once(old_db: Path) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(found, key=str) == ["0001", "0003", "0003", "0003"]
+    assert sorted(found, key=str) == ["0001", "0004", "0004", "0004"]
     with sqlite3.connect(old_db) as conn:
         assert conn.execute("SELECT count(*) FROM analyses").fetchone()[0] == 4
 

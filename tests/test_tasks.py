@@ -200,7 +200,8 @@ def test_analyze_killed_after_writing_its_report_runs_again_to_one_report(
     assert [p.name for p in reports] == [f"{report.report.sop_instance_uid}.dcm"]
     assert dcmread(reports[0]).SOPInstanceUID == report.report.sop_instance_uid
     sent = _messages(client, DELIVERY_QUEUE)
-    assert {m["headers"]["id"] for m in sent} == {f"deliver:{delivery.id}"}
+    assert delivery.destination == "outbox"
+    assert {m["headers"]["id"] for m in sent} == {f"deliver:{analysis.id}:outbox"}
 
 
 def test_worker_queues() -> None:

@@ -27,6 +27,7 @@ from models.priority import parse_stat_rules
 from models.registry import ModelRegistry
 from models.weights import UNTRAINED_NOTICE, resolve_weights
 from workers.batching import DynamicBatcher
+from workers.destinations.select import Route, parse_routes
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class WorkerContext:
         self.registry = ModelRegistry.load(settings.resolved_models_dir / "manifests")
         self.model_ids = list(model_ids or settings.enabled_models or self.registry.ids())
         self.stat_rules: list[RoutingRule] = parse_stat_rules(settings.stat_rules)
+        self.routes: list[Route] = parse_routes(settings.report_destinations)
         self._models: dict[str, LoadedModel] = {}
         self._batchers: dict[str, DynamicBatcher] = {}
         self._pool: ThreadPoolExecutor | None = None

@@ -280,10 +280,10 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
         scp = ScpGroup(settings)
         scp.start()
         log.info(
-            "node up: AE %s port %d, PACS %s",
+            "node up: AE %s port %d, reports to %s",
             settings.ae_title,
             scp.port,
-            settings.pacs or "outbox",
+            ", ".join(d.describe() for d in settings.report_destinations),
         )
         while not stop.wait(1.0):
             for child in children:

@@ -145,26 +145,23 @@ class Analyze(_Payload):
 
 
 class Deliver(_Payload):
-    """Send one report to one destination.
+    """Send an analysis's report objects to one destination, over one association.
 
     Attributes
     ----------
-    delivery_id : int
-        Ledger id of the delivery (report, destination).
-    report_path : str
-        The SR file in ``<data_dir>/reports``.
+    analysis_id : int
+        Ledger id of the analysis whose reports are sent.
     destination : str
-        ``AE@host:port`` of a C-STORE SCP, or ``outbox``.
+        Name of the destination (:class:`dicom_node.core.destinations.Destination`).
     """
 
-    delivery_id: int
-    report_path: str
+    analysis_id: int
     destination: str
 
     @property
     def task_id(self) -> str:
         """Deterministic Celery task id."""
-        return f"deliver:{self.delivery_id}"
+        return f"deliver:{self.analysis_id}:{self.destination}"
 
 
 class TaskOutcome(_Payload):

@@ -28,8 +28,11 @@ CLI message.
     │       ├── BackendUnavailableError   its library or device is absent here: fall back
     │       └── EngineError               an engine cannot be built, or was built for
     │                                     another GPU, TensorRT version or model
-    ├── ReportError                 a DICOM SR could not be built
-    ├── DeliveryError               the PACS refused or could not be reached
+    ├── ReportError                 a report (SR, SC, KOS, PDF) could not be built
+    ├── DeliveryError               a destination refused a report (0xA7xx) or could not be
+    │   │                           reached (connection, association, timeout): retried
+    │   └── PermanentDeliveryError  a destination answered an error (0xA9xx, 0xCxxx, HTTP
+    │                               4xx): no retry, straight to the dead letter
     └── ServiceError                an embedded service (Redis, worker) failed
 """
 
@@ -125,11 +128,27 @@ class EngineError(InferenceError):
 
 
 class ReportError(DicomNodeError):
-    """A DICOM Structured Report could not be built."""
+    """A report (SR, Secondary Capture, Key Object Selection, PDF) could not be built."""
 
 
 class DeliveryError(DicomNodeError):
-    """The PACS refused a report or could not be reached."""
+    """A destination refused a report or could not be reached; the delivery is retried.
+
+    Parameters
+    ----------
+    message : str
+        What happened, without patient data.
+    status : int or None
+        The DIMSE status (or the status a DICOMweb answer maps to), when there was one.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A destination answered with an error status: retrying cannot help (dead letter)."""
 
 
 class ServiceError(DicomNodeError):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,76 +20,13 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dicom_node.core.destinations import Destination, check_unique, default_destinations
 from dicom_node.core.errors import ConfigError
+from dicom_node.core.peer import Peer, validate_ae_title
+
+__all__ = ["CONFIG_ENV", "Destination", "Peer", "Settings", "load_settings", "validate_ae_title"]
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
-
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
-_PEER_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:@]+):(?P<port>\d{1,5})$")
-
-
-def validate_ae_title(value: str) -> str:
-    """Check an AE title against PS3.5 section 6.2 (AE value representation).
-
-    Parameters
-    ----------
-    value : str
-        Candidate AE title.
-
-    Returns
-    -------
-    str
-        The AE title with surrounding spaces removed.
-
-    Raises
-    ------
-    ConfigError
-        If it is empty, longer than 16 characters, or holds control characters or a backslash.
-    """
-    stripped = value.strip()
-    if not stripped or not _AE_RE.match(stripped):
-        raise ConfigError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
-    return stripped
-
-
-@dataclass(frozen=True)
-class Peer:
-    """A remote DICOM application entity.
-
-    Attributes
-    ----------
-    ae_title : str
-        Called AE title of the peer.
-    host : str
-        Host name or IP address.
-    port : int
-        TCP port.
-    """
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> Peer:
-        """Parse ``AE@host:port``.
-
-        Raises
-        ------
-        ConfigError
-            If the text is not of that form or a part is invalid.
-        """
-        match = _PEER_RE.match(text.strip())
-        if match is None:
-            raise ConfigError(f"invalid peer {text!r}: expected AE@host:port")
-        port = int(match["port"])
-        if not 0 < port < 65536:
-            raise ConfigError(f"invalid port in {text!r}")
-        return cls(validate_ae_title(match["ae"]), match["host"].strip("[]"), port)
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
 
 class Settings(BaseSettings):
     """Every setting of the node, workers and CLI.
@@ -108,7 +43,14 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Redis URL for Celery. Unset: `up` starts an embedded Redis server."
     )
-    pacs: str | None = Field(None, description="Report destination, AE@host:port.")
+    pacs: str | None = Field(
+        None, description="Legacy single report destination, AE@host:port (C-STORE, TID 1500)."
+    )
+    destinations: list[Destination] = Field(
+        default_factory=list,
+        description="Report destinations (JSON list; see dicom_node.core.destinations). "
+        "Empty: the PACS if DICOM_NODE_PACS is set, else the outbox.",
+    )
     study_quiet_seconds: float = Field(
         10.0, gt=0, description="A study is complete after this many seconds without an instance."
     )
@@ -176,6 +118,12 @@ class Settings(BaseSettings):
     )
     delivery_retry_base_seconds: float = Field(5.0, gt=0, description="First C-STORE retry delay.")
     delivery_retry_max_seconds: float = Field(600.0, gt=0, description="Cap of the retry delay.")
+    delivery_max_attempts: int = Field(
+        30,
+        ge=1,
+        description="Attempts of one delivery before it becomes a dead letter "
+        "(dicom-node exports); with the defaults about 4 hours.",
+    )
     acse_timeout: float = Field(
         30.0,
         gt=0,
@@ -299,7 +247,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as ``DICOM_NODE_*`` variables, for child processes."""
         env: dict[str, str] = {}
-        for name, value in self.model_dump().items():
+        for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
             if isinstance(value, bool):
@@ -339,9 +287,28 @@ class Settings(BaseSettings):
         return ids or None
 
     @property
-    def destinations(self) -> list[str]:
-        """Where each report goes: the PACS (``AE@host:port``), else ``outbox``."""
-        return [self.pacs] if self.pacs else ["outbox"]
+    def report_destinations(self) -> list[Destination]:
+        """Where reports go: ``destinations``, else the PACS, else the outbox.
+
+        Raises
+        ------
+        ConfigError
+            If two destinations share a name.
+        """
+        return check_unique(list(self.destinations) or default_destinations(self.pacs))
+
+    def destination(self, name: str) -> Destination:
+        """The report destination called ``name``.
+
+        Raises
+        ------
+        ConfigError
+            If no destination has that name (it was removed from the settings).
+        """
+        for destination in self.report_destinations:
+            if destination.name == name:
+                return destination
+        raise ConfigError(f"no report destination named {name!r} is configured")
 
     @property
     def resolved_models_dir(self) -> Path:

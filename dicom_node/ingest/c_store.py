@@ -10,7 +10,9 @@ becomes a DIMSE status; nothing propagates into pynetdicom.
 The loop guard: an object this node produced (listed among our reports, or
 carrying our Manufacturer) and any non-image object (SR, KOS, PR, SEG …) is
 stored and recorded, but never starts an analysis and never reopens a study.
-An instance re-sent with the same bytes is acknowledged and not stored again.
+An instance re-sent with the same bytes is acknowledged and not stored again; one
+re-sent with other bytes (a PACS that changed its pixels) replaces the stored file
+and reopens its study as a new generation, whose reports supersede the old ones.
 
 Statuses returned (PS3.4 Table B.2-1, PS3.7 C.4.2)
 ---------------------------------------------------
@@ -136,9 +138,9 @@ class StoreHandler:
             return dimse.OUT_OF_RESOURCES
 
         try:
-            if self.spool.same_as_stored(
-                received, header.study_uid, sop_uid
-            ) and self.ledger.instance_exists(sop_uid):
+            same = self.spool.same_as_stored(received, header.study_uid, sop_uid)
+            known = self.ledger.instance_exists(sop_uid)
+            if same and known:
                 log.info(
                     "SOP Instance %s of study %s from %s re-sent unchanged; already stored",
                     sop_uid,
@@ -152,7 +154,7 @@ class StoreHandler:
             size = received.stat().st_size
             path = self.spool.commit(received, header.study_uid, sop_uid)
             self.backpressure.stored(size)
-            new = self.ledger.record_instance(
+            self.ledger.record_instance(
                 InstanceRecord(
                     study_uid=header.study_uid,
                     series_uid=header.series_uid,
@@ -162,6 +164,7 @@ class StoreHandler:
                     path=str(path),
                     calling_ae=calling_ae or None,
                     role=role,
+                    changed=known,
                 )
             )
         except DiskFullError:
@@ -183,7 +186,7 @@ class StoreHandler:
             header.study_uid,
             calling_ae,
             "" if role == InstanceRole.IMAGE else f" ({role.value}: never analysed)",
-            "" if new else " (re-sent, replaced)",
+            " (re-sent with other bytes: replaced, study re-analysed)" if known else "",
         )
         return dimse.SUCCESS
 

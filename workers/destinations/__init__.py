@@ -1,56 +1,70 @@
 """Ways out for reports: one module per kind of destination.
 
-A destination is written as text in the settings and the ledger:
-``AE@host:port`` for a C-STORE SCP (:mod:`.c_store`), ``outbox`` for the
-outbox directory (:mod:`.outbox`). STOW-RS belongs here too.
+:func:`send` makes one delivery attempt of several report objects to one
+configured :class:`~dicom_node.core.destinations.Destination`: one C-STORE
+association (:mod:`.c_store`, optionally with storage commitment,
+:mod:`.commitment`), one STOW-RS request (:mod:`.stow_rs`) or outbox copies
+(:mod:`.outbox`). Each item gets its own status; the ``deliver`` task judges it
+with :func:`dicom_node.core.dimse.delivery_verdict`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
-from dicom_node.core.settings import Peer, Settings
-from workers.destinations.c_store import c_store
-from workers.destinations.outbox import to_outbox
+from dicom_node.core.destinations import Destination
+from dicom_node.core.errors import ConfigError
+from dicom_node.core.settings import Settings
+from workers.destinations.base import Outbound, Sent
 
-OUTBOX = "outbox"
+__all__ = ["Outbound", "Sent", "send"]
 
 
-def send(destination: str, report: Path, settings: Settings) -> str:
-    """Make one delivery attempt of ``report`` to ``destination``.
+def send(destination: Destination, items: Sequence[Outbound], settings: Settings) -> list[Sent]:
+    """Make one delivery attempt of ``items`` to ``destination``.
 
     Parameters
     ----------
-    destination : str
-        ``outbox`` or ``AE@host:port``.
-    report : Path
-        The Part 10 file.
+    destination : Destination
+        Where to (its ``kind`` picks the module).
+    items : sequence of Outbound
+        The report files, in sending order.
     settings : Settings
-        Our AE title and timeouts, the data directory.
+        Our AE title, default timeouts, the data directory.
 
     Returns
     -------
-    str
-        Where it went (the outbox file, or the peer).
+    list of Sent
+        One per item, in order, each with its DIMSE status (STOW-RS answers
+        and storage commitment results mapped to statuses); empty for no items.
 
     Raises
     ------
     DeliveryError
-        If the peer refused it or could not be reached.
+        The destination could not be reached or answered nothing usable
+        (connection refused, association rejected transiently or aborted,
+        DIMSE/network/HTTP timeout, HTTP 5xx/408/429, no storage commitment
+        report in time, an outbox copy that cannot be written): retry.
+    PermanentDeliveryError
+        HTTP 4xx (but 409 with per-instance failures, which become statuses),
+        or an association rejected permanently: dead letter.
     ConfigError
-        If ``destination`` is neither form.
-    SpoolError
-        If the outbox copy cannot be written.
+        For an unknown kind.
+    OSError, pydicom.errors.InvalidDicomError
+        If a report file cannot be read.
     """
-    if destination == OUTBOX:
-        return f"outbox:{to_outbox(report, settings.data_dir / 'outbox')}"
-    peer = Peer.parse(destination)
-    c_store(
-        report,
-        peer,
-        settings.ae_title,
-        settings.acse_timeout,
-        settings.dimse_timeout,
-        settings.network_timeout,
-    )
-    return str(peer)
+    if not items:
+        return []
+    if destination.kind == "c_store":
+        from workers.destinations.c_store import store
+
+        return store(destination, items, settings)
+    if destination.kind == "stow_rs":
+        from workers.destinations.stow_rs import stow
+
+        return stow(destination, items, settings)
+    if destination.kind == "outbox":
+        from workers.destinations.outbox import to_outbox
+
+        return to_outbox(destination, items, settings)
+    raise ConfigError(f"destination {destination.name}: unknown kind {destination.kind!r}")

@@ -13,9 +13,11 @@ so do test stand-ins.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, Protocol
 
 import numpy as np
@@ -23,7 +25,7 @@ import numpy.typing as npt
 from pydicom import Dataset
 
 from dicom_node.core.errors import ReportError
-from dicom_node.core.ledger import SkippedImage
+from dicom_node.core.ledger import PriorReport, SkippedImage
 from dicom_node.core.uids import derived_uid
 
 Scope = Literal["image", "series", "study"]
@@ -136,6 +138,48 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Saliency:
+    """Where the model looked for one finding, on the source image.
+
+    Attributes
+    ----------
+    image : numpy.ndarray
+        ``(H, W) uint8``: the source image for display (windowed, MONOCHROME2),
+        at the source's Rows x Columns (or downscaled, same aspect).
+    heat : numpy.ndarray
+        ``(H, W) float32`` in [0, 1], same shape as ``image``.
+    method : str
+        How it was computed, e.g. ``"Grad-CAM (captum LayerGradCam), features.norm5"``.
+    """
+
+    image: npt.NDArray[np.uint8]
+    heat: npt.NDArray[np.float32]
+    method: str
+
+
+class Explainer(Protocol):
+    """Saliency of a finding on one of the analysis's source images (the key image profile)."""
+
+    def explain(self, header: Dataset, label_name: str) -> Saliency:
+        """Saliency of label ``label_name`` on the image whose header is ``header``.
+
+        Raises
+        ------
+        ReportError
+            If the image is not one of the analysis's, or its saliency cannot be computed.
+        """
+        ...
+
+
+_NO_PREDECESSORS: Mapping[str, PriorReport] = MappingProxyType({})
+
+
+def predecessor_key(profile: str, ordinal: int = 0) -> str:
+    """Key of :attr:`ReportInput.predecessors`: ``"<profile>/<ordinal>"``."""
+    return f"{profile}/{ordinal}"
+
+
+@dataclass(frozen=True)
 class ReportInput:
     """Everything one analysis's report is built from.
 
@@ -167,6 +211,14 @@ class ReportInput:
         "" when there is none (eager PyTorch), and then not reported.
     device : str
         "cuda" or "cpu"; "" when unknown, and then not reported.
+    instance_digest : str
+        sha256 (hex) of the sorted SOP Instance UIDs of the analysis's instances
+        (analysed and skipped): part of every report UID (:func:`report_uids`).
+    predecessors : mapping of str to PriorReport
+        Reports of earlier generations that already went out, by
+        :func:`predecessor_key`; the new reports supersede them.
+    explainer : Explainer or None
+        Saliency maps for the key image profile; None when no destination takes it.
     """
 
     study_uid: str
@@ -180,6 +232,13 @@ class ReportInput:
     precision: str = DEFAULT_PRECISION
     engine_key: str = ""
     device: str = ""
+    instance_digest: str = ""
+    predecessors: Mapping[str, PriorReport] = field(default_factory=lambda: _NO_PREDECESSORS)
+    explainer: Explainer | None = None
+
+    def predecessor(self, profile: str, ordinal: int = 0) -> PriorReport | None:
+        """The delivered report of an earlier generation this profile's object supersedes."""
+        return self.predecessors.get(predecessor_key(profile, ordinal))
 
     @property
     def is_demo(self) -> bool:
@@ -312,7 +371,13 @@ def serving_of(model: ModelLike) -> Serving:
 
 
 def report_input(
-    outcome: OutcomeLike, model: ModelLike, study_uid: str, generation: int
+    outcome: OutcomeLike,
+    model: ModelLike,
+    study_uid: str,
+    generation: int,
+    *,
+    predecessors: Mapping[str, PriorReport] | None = None,
+    explainer: Explainer | None = None,
 ) -> ReportInput:
     """Turn an analysis outcome into the input of every report profile.
 
@@ -328,6 +393,10 @@ def report_input(
         Study Instance UID.
     generation : int
         Ledger generation of the study.
+    predecessors : mapping, optional
+        Delivered reports of earlier generations, by :func:`predecessor_key`.
+    explainer : Explainer, optional
+        Saliency for the key image profile.
 
     Returns
     -------
@@ -353,6 +422,7 @@ def report_input(
         for i, label in enumerate(labels):
             sources = tuple(image.header for image in unit.sources[i])
             findings.append(Finding(label, float(unit.probabilities[i]), sources, unit.scope_key))
+    evidence = [image.header for image in outcome.images]
     return ReportInput(
         study_uid=study_uid,
         generation=generation,
@@ -360,27 +430,71 @@ def report_input(
         weights=model.weights,
         backend=serving.backend,
         findings=findings,
-        evidence=[image.header for image in outcome.images],
+        evidence=evidence,
         skipped=list(outcome.skipped),
         precision=serving.precision,
         engine_key=serving.engine_key,
         device=serving.device,
+        instance_digest=instance_digest(
+            [str(ds.get("SOPInstanceUID", "")) for ds in evidence]
+            + [item.sop_instance_uid for item in outcome.skipped]
+        ),
+        predecessors=MappingProxyType(dict(predecessors or {})),
+        explainer=explainer,
     )
 
 
-def report_uids(inp: ReportInput, profile: str) -> tuple[str, str]:
-    """Deterministic (Series Instance UID, SOP Instance UID) of an analysis's report.
+def instance_digest(sop_instance_uids: Sequence[str]) -> str:
+    """sha256 (hex) of a set of SOP Instance UIDs, in any order, duplicates ignored."""
+    return hashlib.sha256("\n".join(sorted(set(sop_instance_uids))).encode()).hexdigest()
 
-    Derived (:func:`dicom_node.core.uids.derived_uid`) from the study UID, generation,
-    model id and version, weights sha256 and report profile, so that a task run twice
-    produces the same instance and a PACS keeps one copy.
+
+def report_uids(inp: ReportInput, profile: str, ordinal: int = 0) -> tuple[str, str]:
+    """Deterministic (Series Instance UID, SOP Instance UID) of one report object.
+
+    The series is derived (:func:`dicom_node.core.uids.derived_uid`) from the study
+    UID, model id, profile and ordinal only, so every generation and model version
+    of a study's report stays in one series and a newer report visibly supersedes
+    the older one. The instance is derived from the study UID, generation, the
+    analysed instances (:attr:`ReportInput.instance_digest`), model id and version,
+    weights sha256, profile and ordinal: a task run twice on the same input
+    produces the same instance, and a PACS keeps one copy.
+
+    Parameters
+    ----------
+    inp : ReportInput
+        The analysis.
+    profile : str
+        Output profile name.
+    ordinal : int
+        The object within the profile (key image: 0 the SC, 1 the KOS).
+
+    Returns
+    -------
+    tuple of str
+        (Series Instance UID, SOP Instance UID).
     """
-    parts = (
+    series = derived_uid(inp.study_uid, inp.manifest.id, profile, str(ordinal), "series")
+    instance = derived_uid(
         inp.study_uid,
         str(inp.generation),
+        inp.instance_digest,
         inp.manifest.id,
         inp.manifest.version,
         inp.weights.sha256,
         profile,
+        str(ordinal),
+        "instance",
     )
-    return derived_uid(*parts, "series"), derived_uid(*parts, "instance")
+    return series, instance
+
+
+SERIES_NUMBERS: Mapping[str, int] = MappingProxyType(
+    {"tid1500": 9901, "text_sr": 9902, "key_image": 9903, "pdf": 9905}
+)
+"""Series Number of each profile's first object; later objects of a profile count up."""
+
+
+def series_number(profile: str, ordinal: int = 0) -> int:
+    """Series Number of a profile's object: :data:`SERIES_NUMBERS` + ordinal (9900 unknown)."""
+    return SERIES_NUMBERS.get(profile, 9900) + ordinal

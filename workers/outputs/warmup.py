@@ -171,4 +171,5 @@ def warm_up_sr(
         engine_key=engine_key,
         device=device,
     )
-    return build_tid1500(inp)
+    (report,) = build_tid1500(inp)
+    return report

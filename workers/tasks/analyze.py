@@ -1,4 +1,12 @@
-"""``analyze``: run one model on its images, write one SR per output profile, start deliveries.
+"""``analyze``: run one model on its images, write its reports, start their deliveries.
+
+The destinations that take the study (:mod:`workers.destinations.select`) name
+the output profiles to build; each profile's objects get deterministic UIDs and
+reference the reports of earlier generations that already went out
+(superseding). The reports are recorded, then the analysis moves to
+``reported`` only if its generation is still current; otherwise its deliveries
+become ``superseded`` and nothing is sent. Then one ``deliver`` task per
+destination sends that destination's objects together.
 
 One bad image never fails a study: the images that cannot be used are recorded
 with their reasons (``Ledger.record_skipped``), shown by ``dicom-node status``
@@ -23,6 +31,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from celery import Task
 from celery.exceptions import Retry
@@ -30,14 +40,17 @@ from pydicom import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from dicom_node.core.contract import DELIVER_TASK, DELIVERY_QUEUE, Analyze, Deliver, TaskOutcome
+from dicom_node.core.destinations import Destination
 from dicom_node.core.durable import safe_component, write_durably
-from dicom_node.core.errors import DicomNodeError, SpoolError
-from dicom_node.core.ledger import AnalysisState, DeliveryState
+from dicom_node.core.errors import DicomNodeError, ReportError, SpoolError
+from dicom_node.core.ledger import AnalysisState
 from dicom_node.core.redact import frames, reason_for, scrubbed
 from models.backends import LoadedModel
 from models.weights import UNTRAINED_NOTICE
 from workers.context import WorkerContext, current
-from workers.outputs import PROFILES, build_report
+from workers.destinations.select import destinations_for, profiles_for
+from workers.outputs import EXPLAINED_PROFILES, build
+from workers.outputs.findings import predecessor_key, report_input
 from workers.pipeline.run import Outcome, run_analysis
 from workers.pipeline.shared_capture import shared_library_warnings
 
@@ -87,19 +100,85 @@ def _write(report: Dataset, data: bytes, ctx: WorkerContext) -> str:
     return str(path)
 
 
-def _deliver(task: Task, ctx: WorkerContext, report_id: int, path: str) -> None:
-    for delivery in ctx.ledger.add_deliveries(report_id, ctx.settings.destinations):
-        if delivery.state == DeliveryState.DELIVERED:
-            continue
-        payload = Deliver(
-            delivery_id=delivery.id, report_path=path, destination=delivery.destination
-        )
+@dataclass(frozen=True)
+class _Built:
+    """One report object: its profile, position in the profile, dataset and bytes."""
+
+    profile: str
+    ordinal: int
+    report: Dataset
+    data: bytes
+
+
+def publish_deliveries(task: Task, analysis_id: int, destinations: Iterable[str]) -> None:
+    """Publish one ``deliver`` task per destination of an analysis's reports.
+
+    Parameters
+    ----------
+    task : celery.Task
+        Any bound task (for its app).
+    analysis_id : int
+        The analysis whose open deliveries are sent.
+    destinations : iterable of str
+        Destination names.
+    """
+    for name in destinations:
+        payload = Deliver(analysis_id=analysis_id, destination=name)
         task.app.send_task(
             DELIVER_TASK,
             kwargs={"request": payload.model_dump(mode="json")},
             task_id=payload.task_id,
             queue=DELIVERY_QUEUE,
         )
+
+
+def _targets(ctx: WorkerContext, request: Analyze, outcome: Outcome) -> list[Destination]:
+    study = ctx.ledger.get(request.study_uid)
+    calling_ae = study.study.calling_ae if study else None
+    headers = [image.header for image in outcome.images]
+    return destinations_for(ctx.routes, headers, calling_ae)
+
+
+def _build_all(
+    ctx: WorkerContext,
+    request: Analyze,
+    model: LoadedModel,
+    outcome: Outcome,
+    profiles: list[str],
+) -> tuple[list[_Built], list[str]]:
+    """Build every profile's objects; a profile that fails is reported, the others go on."""
+    priors = ctx.ledger.prior_reports(request.study_uid, request.model_id, request.generation)
+    explainer = None
+    if EXPLAINED_PROFILES & set(profiles):
+        from workers.pipeline.explain import explainer_for
+
+        explainer = explainer_for(model, outcome.images)
+    inp = report_input(
+        outcome,
+        model,
+        request.study_uid,
+        request.generation,
+        predecessors={predecessor_key(p, o): prior for (p, o), prior in priors.items()},
+        explainer=explainer,
+    )
+    built: list[_Built] = []
+    failed: list[str] = []
+    for profile in profiles:
+        try:
+            objects = build(profile, inp)
+            built += [_Built(profile, i, ds, _encode(ds)) for i, ds in enumerate(objects)]
+        except Exception as exc:  # one profile's failure never holds the others back
+            reason = reason_for(exc)
+            log.error(
+                "analysis %d (%s): profile %s not built: %s\n%s",
+                request.analysis_id,
+                request.model_id,
+                profile,
+                reason,
+                frames(exc),
+            )
+            failed.append(f"{profile}: {reason}")
+    return built, failed
 
 
 def _summary(model: LoadedModel, outcome: Outcome) -> str:
@@ -149,11 +228,30 @@ def analyze(task: Task, request: Analyze) -> TaskOutcome:
             raise scrubbed(exc) from None
 
 
+def _resume_deliveries(task: Task, ctx: WorkerContext, analysis_id: int) -> None:
+    """A redelivered ``analyze`` of a reported analysis: publish its unsent deliveries again.
+
+    Covers a worker that died between recording the reports and publishing
+    ``deliver`` (each ``deliver`` is idempotent, so publishing twice is harmless).
+    """
+    analysis = ctx.ledger.get_analysis(analysis_id)
+    if analysis is None or analysis.state != AnalysisState.REPORTED:
+        log.info("analysis %d: done or superseded; skipping", analysis_id)
+        return
+    if not ctx.ledger.analysis_is_current(analysis_id):
+        ctx.ledger.supersede_deliveries(analysis_id)
+        log.info("analysis %d: superseded; its deliveries are not sent", analysis_id)
+        return
+    open_ = ctx.ledger.open_destinations(analysis_id)
+    log.info("analysis %d: already reported; deliveries to %s published again", analysis_id, open_)
+    publish_deliveries(task, analysis_id, open_)
+
+
 def _analyze(task: Task, request: Analyze) -> TaskOutcome:
     ctx = current()
     ledger = ctx.ledger
     if not ledger.transition_analysis(request.analysis_id, AnalysisState.RUNNING):
-        log.info("analysis %d: done or superseded; skipping", request.analysis_id)
+        _resume_deliveries(task, ctx, request.analysis_id)
         return TaskOutcome(state="skipped", outcome="skipped")
     started = time.perf_counter()
     try:
@@ -177,18 +275,15 @@ def _analyze(task: Task, request: Analyze) -> TaskOutcome:
             log.warning("analysis %d (%s): %s", request.analysis_id, request.model_id, reason)
             ledger.transition_analysis(request.analysis_id, AnalysisState.FAILED, reason=reason)
             return TaskOutcome(state=AnalysisState.FAILED.value, detail=reason, outcome="failed")
-        reports = [
-            (profile, build_report(profile, outcome, model, request.study_uid, request.generation))
-            for profile in PROFILES
-        ]
-        encoded = [(profile, report, _encode(report)) for profile, report in reports]
+        targets = _targets(ctx, request, outcome)
+        built, not_built = _build_all(ctx, request, model, outcome, profiles_for(targets))
+        if not built and not_built:
+            raise ReportError("no report could be built: " + "; ".join(not_built))
     except Exception as exc:  # task boundary: every failure becomes a ledger reason
         return _fail(ctx, request, exc)
 
     try:
-        written = [
-            (profile, report, _write(report, data, ctx)) for profile, report, data in encoded
-        ]
+        written = [(item, _write(item.report, item.data, ctx)) for item in built]
     except SpoolError as exc:  # disk full: keep the analysis, try again later
         reason = reason_for(exc)
         log.error(
@@ -198,26 +293,42 @@ def _analyze(task: Task, request: Analyze) -> TaskOutcome:
             request.analysis_id, AnalysisState.RUNNING, reason=f"report not written: {reason}"
         )
         raise task.retry(exc=exc, countdown=DISK_RETRY_SECONDS, max_retries=None) from exc
-    for profile, report, path in written:
+    for item, path in written:
         row = ledger.add_report(
             request.analysis_id,
-            profile,
-            str(report.SOPInstanceUID),
-            str(report.SeriesInstanceUID),
+            item.profile,
+            str(item.report.SOPInstanceUID),
+            str(item.report.SeriesInstanceUID),
             path,
+            sop_class_uid=str(item.report.SOPClassUID),
+            ordinal=item.ordinal,
         )
-        _deliver(task, ctx, row.id, path)
+        ledger.add_deliveries(row.id, [d.name for d in targets if item.profile in d.profiles])
     summary = _summary(model, outcome)
     skipped = len(outcome.skipped)
     total = skipped + len(outcome.images)
-    ledger.transition_analysis(
+    notes = [f"{skipped} of {total} image(s) not analysed"] if skipped else []
+    notes += [f"not built: {text}" for text in not_built]
+    if not targets:
+        notes.append("no destination takes this study")
+    reported = ledger.transition_analysis(
         request.analysis_id,
         AnalysisState.REPORTED,
-        reason=f"{skipped} of {total} image(s) not analysed" if skipped else None,
+        reason="; ".join(notes) or None,
         backend=model.backend,
         weights_kind=model.weights.kind,
         weights_sha256=model.weights.sha256,
     )
+    if not reported:  # a newer generation arrived while this one ran: never send it
+        dropped = ledger.supersede_deliveries(request.analysis_id)
+        log.info(
+            "analysis %d (%s): superseded while it ran; %d delivery(ies) not sent",
+            request.analysis_id,
+            request.model_id,
+            dropped,
+        )
+        return TaskOutcome(state=AnalysisState.SUPERSEDED.value, outcome="skipped")
+    publish_deliveries(task, request.analysis_id, ledger.open_destinations(request.analysis_id))
     log.info(
         "analysis %d: study %s, %s (%s): %s; %.2f s (%s)",
         request.analysis_id,

@@ -71,7 +71,7 @@ SETTABLE: Final[dict[Level, frozenset[str]]] = {
         {"reason", "backend", "weights_kind", "weights_sha256", "task_id", "n_instances"}
     ),
     Level.REPORT: frozenset({"path"}),
-    Level.DELIVERY: frozenset({"last_error"}),
+    Level.DELIVERY: frozenset({"last_error", "status", "warning"}),
 }
 """Level → the columns a transition may set besides its state and time."""
 

@@ -50,6 +50,9 @@ class InstanceRecord:
     path: str
     calling_ae: str | None
     role: InstanceRole = InstanceRole.IMAGE
+    changed: bool = False
+    """A re-send of a known SOP Instance UID whose bytes differ from the stored file
+    (e.g. a PACS that changed pixels): the study is reopened as a new generation."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,8 @@ class ReportSnapshot:
     path: str
     state: ReportState
     created_at: float
+    sop_class_uid: str | None = None
+    ordinal: int = 0
 
     @classmethod
     def of(cls, row: Mapping[Any, Any]) -> Self:
@@ -208,7 +213,11 @@ class ReportSnapshot:
 
 @dataclass(frozen=True)
 class DeliverySnapshot:
-    """Sending one report to one destination (``AE@host:port`` or ``outbox``)."""
+    """Sending one report to one destination (its name, e.g. ``pacs`` or ``outbox``).
+
+    ``status`` is the last DIMSE status the destination answered (STOW-RS answers
+    mapped to one), ``warning`` the warning it came with when delivered with one.
+    """
 
     id: int
     report_id: int
@@ -219,6 +228,8 @@ class DeliverySnapshot:
     created_at: float
     last_attempt_at: float | None
     delivered_at: float | None
+    status: int | None = None
+    warning: str | None = None
 
     @classmethod
     def of(cls, row: Mapping[Any, Any]) -> Self:
@@ -248,3 +259,47 @@ class StudyView:
 
     study: StudySnapshot
     analyses: tuple[AnalysisView, ...]
+
+
+@dataclass(frozen=True)
+class PriorReport:
+    """A report that already went out, which a newer report of the same study supersedes.
+
+    Referenced in the Predecessor Documents Sequence (0040,A360) of the new SR
+    (PS3.3 C.17.2.1) and kept in the same series.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_uid: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One report object waiting to go to one destination (what ``deliver`` sends)."""
+
+    delivery_id: int
+    report_id: int
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that failed for good, for ``dicom-node exports`` (UIDs only, no PHI)."""
+
+    delivery_id: int
+    destination: str
+    study_uid: str
+    generation: int
+    model_id: str
+    profile: str
+    sop_instance_uid: str
+    status: int | None
+    last_error: str | None
+    attempts: int
+    last_attempt_at: float | None
+    state: DeliveryState

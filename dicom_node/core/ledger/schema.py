@@ -9,10 +9,11 @@
     analyses     id (PK), UNIQUE (study_uid → studies, generation, model_id, model_version),
                  state, reason, backend, weights_kind, weights_sha256, task_id, n_instances,
                  queued_at, started_at, finished_at
-    reports      id (PK), UNIQUE (analysis_id → analyses, profile), sop_instance_uid (UNIQUE),
-                 series_instance_uid, path, state, created_at
+    reports      id (PK), UNIQUE (analysis_id → analyses, profile, ordinal),
+                 sop_instance_uid (UNIQUE), series_instance_uid, sop_class_uid, path, state,
+                 created_at  (ordinal: a profile's objects in sending order, e.g. SC 0, KOS 1)
     deliveries   id (PK), UNIQUE (report_id → reports, destination), state, attempts,
-                 last_error, created_at, last_attempt_at, delivered_at
+                 last_error, status, warning, created_at, last_attempt_at, delivered_at
 
 Times are epoch seconds (float). Only UIDs, AE titles, model ids, paths and
 reasons are stored: no patient data.
@@ -106,7 +107,9 @@ reports = Table(
     Column("path", Text, nullable=False),
     Column("state", String(16), nullable=False),
     Column("created_at", Float, nullable=False),
-    UniqueConstraint("analysis_id", "profile", name="uq_reports_natural_key"),
+    Column("sop_class_uid", String(64)),
+    Column("ordinal", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("analysis_id", "profile", "ordinal", name="uq_reports_natural_key"),
     UniqueConstraint("sop_instance_uid", name="uq_reports_sop_instance_uid"),
 )
 
@@ -122,6 +125,8 @@ deliveries = Table(
     Column("created_at", Float, nullable=False),
     Column("last_attempt_at", Float),
     Column("delivered_at", Float),
+    Column("status", Integer),
+    Column("warning", Text),
     UniqueConstraint("report_id", "destination", name="uq_deliveries_natural_key"),
     Index("ix_deliveries_state", "state"),
 )

@@ -22,8 +22,10 @@ not in this table cannot happen, whoever asks for it.
 
     report     written ──▶ failed                            (the file is lost or unreadable)
 
-    delivery   pending ──▶ delivered | retrying | failed
-               retrying ──▶ delivered | retrying | failed   (failed: dead letter)
+    delivery   pending ──▶ delivered | retrying | failed | superseded
+               retrying ──▶ delivered | retrying | failed | superseded
+               failed ──▶ pending | dropped                (dead letter: exports retry | drop)
+               (superseded: its study has a newer generation; it is never sent)
 
 Study transitions name the generation they act on. Analysis transitions check
 that the analysis belongs to its study's current generation (``superseded``
@@ -83,6 +85,8 @@ class DeliveryState(enum.StrEnum):
     RETRYING = "retrying"
     DELIVERED = "delivered"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
+    DROPPED = "dropped"
 
 
 State = StudyState | AnalysisState | ReportState | DeliveryState
@@ -112,10 +116,12 @@ TRANSITIONS: Final[dict[Level, dict[str, frozenset[str]]]] = {
         _R.FAILED: frozenset(),
     },
     Level.DELIVERY: {
-        _D.PENDING: frozenset({_D.DELIVERED, _D.RETRYING, _D.FAILED}),
-        _D.RETRYING: frozenset({_D.DELIVERED, _D.RETRYING, _D.FAILED}),
+        _D.PENDING: frozenset({_D.DELIVERED, _D.RETRYING, _D.FAILED, _D.SUPERSEDED}),
+        _D.RETRYING: frozenset({_D.DELIVERED, _D.RETRYING, _D.FAILED, _D.SUPERSEDED}),
         _D.DELIVERED: frozenset(),
-        _D.FAILED: frozenset(),
+        _D.FAILED: frozenset({_D.PENDING, _D.DROPPED}),
+        _D.SUPERSEDED: frozenset(),
+        _D.DROPPED: frozenset(),
     },
 }
 """Level → state → the states it may move to. The only source of legal moves."""

@@ -48,10 +48,12 @@ class StudyRows(LedgerBase):
         Returns
         -------
         bool
-            True if the instance is new; False for a re-send of a known SOP
-            Instance UID (the study is not reopened). A new image for a study
-            that left ``receiving`` reopens it as the next generation and
-            supersedes its queued and running analyses. Instances whose role
+            True if the instance is new or changed; False for a re-send of a
+            known SOP Instance UID with the same bytes (the study is not
+            reopened). A new image, or a re-sent one whose bytes changed
+            (``rec.changed``), for a study that left ``receiving`` reopens it
+            as the next generation and supersedes its queued and running
+            analyses; their reports will supersede the delivered ones. Instances whose role
             is not ``image`` never change their study's state (loop guard).
         """
         now = time.time() if now is None else now
@@ -74,13 +76,21 @@ class StudyRows(LedgerBase):
             )
             new = self._insert_ignore(conn, instances, _instance_row(rec, now))
             this = studies.c.study_uid == rec.study_uid
-            if not new:
+            if not new and not rec.changed:
                 conn.execute(
                     update(studies)
                     .where(this, s.state == _S.RECEIVING)
                     .values(last_received_at=now)
                 )
                 return False
+            if not new:  # same SOP Instance UID, other bytes: the input changed
+                row = _instance_row(rec, now)
+                del row["sop_instance_uid"]
+                conn.execute(
+                    update(instances)
+                    .where(instances.c.sop_instance_uid == rec.sop_instance_uid)
+                    .values(row)
+                )
             reopened = conn.execute(
                 update(studies)
                 .where(this, guard(Level.STUDY, _S.RECEIVING))
@@ -98,7 +108,7 @@ class StudyRows(LedgerBase):
                 .where(this)
                 .values(
                     last_received_at=now,
-                    instance_count=s.instance_count + 1,
+                    instance_count=s.instance_count + (1 if new else 0),
                     calling_ae=rec.calling_ae,
                 )
             )
