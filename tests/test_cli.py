@@ -108,3 +108,21 @@ def test_up_with_an_unknown_model_is_a_clear_error(
     monkeypatch.setenv("DICOM_NODE_MODELS", "xrv-densenet121-res224-all,no-such-model")
     assert main(["up"]) == 2  # before Redis, the worker or the SCP start
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_exports_needs_one_selection_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
+    Ledger(f"sqlite:///{(tmp_path / 'ledger.sqlite').resolve()}")
+    assert main(["exports", "list"]) == 0
+    assert capsys.readouterr().out.strip() == "no dead letters"
+    for argv in (["exports", "retry"], ["exports", "retry", "3", "--destination", "pacs"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "give delivery ids, --all or --destination NAME" in err
+        assert "Traceback" not in err
+    assert main(["exports", "drop", "7", "--yes"]) == 1  # no such dead letter
+    with pytest.raises(SystemExit) as exc:
+        main(["exports", "retry", "not-an-id"])
+    assert exc.value.code == 2

@@ -118,3 +118,30 @@ def test_worker_unit_is_one_process_per_gpu() -> None:
     # Concurrency comes from DICOM_NODE_WORKER_CONCURRENCY (node.env), not the command line.
     assert start.endswith("dicom-node worker")
     assert re.search(r"^ExecStartPre=-\S+ models build$", text, flags=re.MULTILINE)
+
+
+def test_node_env_documents_destinations_and_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.destinations.select import parse_routes
+
+    text = (DEPLOY / "node.env").read_text()
+    node_env = env_file_lines(text)
+    settings = settings_from(node_env, monkeypatch)
+    assert settings.delivery_max_attempts == int(node_env["DICOM_NODE_DELIVERY_MAX_ATTEMPTS"])
+    assert settings.delivery_retry_max_seconds < 4 * 3600  # the workers' visibility timeout
+    # The destinations example in the comments is valid as written: every kind, profiles
+    # the workers know, rules they can parse, storage commitment.
+    example = env_file_lines(text, commented=True)
+    monkeypatch.setenv("DICOM_NODE_DESTINATIONS", example["DICOM_NODE_DESTINATIONS"])
+    routes = parse_routes(Settings().report_destinations)
+    assert [(r.destination.kind, len(r.rules)) for r in routes] == [
+        ("c_store", 0),
+        ("stow_rs", 2),
+        ("outbox", 0),
+    ]
+    assert routes[0].destination.storage_commitment
+    assert {p for r in routes for p in r.destination.profiles} == {
+        "tid1500",
+        "text_sr",
+        "key_image",
+        "pdf",
+    }

@@ -400,7 +400,7 @@ def test_fuzzed_headers_never_raise_and_every_image_is_accounted_for(
     if outcome.images and model.manifest.aggregation.scope != "image":
         # image-scope reports (one group per image and label) are slow to build: the
         # shipped image-scope manifest is fuzzed through run_analysis only
-        report = build_report("tid1500", outcome, model, STUDY_UID, 1)
+        (report,) = build_report("tid1500", outcome, model, STUDY_UID, 1)
         buffer = DicomBytesIO()
         report.save_as(buffer, enforce_file_format=True)
         assert dcmread(DicomBytesIO(buffer.getvalue())).SOPInstanceUID == report.SOPInstanceUID

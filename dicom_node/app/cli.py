@@ -1,7 +1,7 @@
 """``dicom-node``: the node's command line.
 
-Commands: ``up``, ``scp``, ``worker``, ``status``, ``ledger``, ``echo``, ``route``, ``models``,
-``demo``.
+Commands: ``up``, ``scp``, ``worker``, ``status``, ``exports``, ``ledger``, ``echo``, ``route``,
+``models``, ``demo``.
 Errors of this project print one line to stderr and exit 2; nothing prints a traceback.
 """
 
@@ -85,8 +85,30 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json(views), indent=2))
     else:
-        print(render_text(views))
+        print(render_text(views, dead_letters=len(ledger.dead_letters(limit=1_000_000))))
     return 0
+
+
+def _cmd_exports(settings: Settings, args: argparse.Namespace) -> int:
+    from dicom_node.app import exports
+    from dicom_node.core.ledger import Ledger
+
+    ledger = Ledger(settings.resolved_ledger_url, upgrade=False)
+    if args.exports_cmd == "list":
+        letters = ledger.dead_letters(include_dropped=args.all, limit=args.limit)
+        if args.json:
+            print(json.dumps([exports.letter_json(dl) for dl in letters], indent=2))
+        else:
+            print(exports.render_list(letters))
+        return 0
+    selection = exports.Selection(tuple(args.ids), args.all, args.destination)
+    if args.exports_cmd == "retry":
+        return exports.retry(ledger, settings, selection, print, _stderr)
+    return exports.drop(ledger, selection, args.yes, print, _stderr)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _cmd_ledger(settings: Settings, _: argparse.Namespace) -> int:
@@ -216,6 +238,29 @@ def _cmd_demo(settings: Settings, _: argparse.Namespace) -> int:
     return run_demo(settings)
 
 
+def _exports_parser(sub: Any) -> None:
+    exports = sub.add_parser("exports", help="dead letters: report deliveries that failed for good")
+    exports_sub = exports.add_subparsers(dest="exports_cmd", required=True)
+    listing = exports_sub.add_parser("list", help="the dead letters, newest first")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="dropped ones too")
+    listing.add_argument("--limit", type=int, default=1000)
+    for name, text in (
+        ("retry", "send dead letters again (reopen, then publish their deliver tasks)"),
+        ("drop", "give dead letters up: they are never sent"),
+    ):
+        cmd = exports_sub.add_parser(
+            name, help=text, epilog="exit status: 0 done, 1 nothing matched, 2 error"
+        )
+        cmd.add_argument("ids", nargs="*", type=int, metavar="ID", help="delivery ids (list)")
+        cmd.add_argument("--all", action="store_true", help="every dead letter")
+        cmd.add_argument(
+            "--destination", metavar="NAME", help="the dead letters of one destination"
+        )
+        if name == "drop":
+            cmd.add_argument("--yes", action="store_true", help="do not ask")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__.splitlines()[0])
@@ -243,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="studies with their analyses, reports and deliveries")
     status.add_argument("--limit", type=int, default=50)
     status.add_argument("--json", action="store_true")
+    _exports_parser(sub)
     ledger = sub.add_parser("ledger", help="manage the ledger")
     ledger_sub = ledger.add_subparsers(dest="ledger_cmd", required=True)
     ledger_sub.add_parser("upgrade", help="upgrade the ledger schema in place")
@@ -296,6 +342,7 @@ COMMANDS = {
     "scp": _cmd_scp,
     "worker": _cmd_worker,
     "status": _cmd_status,
+    "exports": _cmd_exports,
     "ledger": _cmd_ledger,
     "route": _cmd_route,
     "echo": _cmd_echo,

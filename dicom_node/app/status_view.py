@@ -5,9 +5,12 @@ its analyses (model id and version, state, backend, weights kind — untrained
 weights marked ``[UNTRAINED weights]`` — timings, reason and the images not
 analysed, each with its SOP Instance UID and reason), each analysis its
 reports (profile, SOP Instance UID, state) and each report its deliveries
-(destination, state, attempts, last error). Durations are seconds with two
-decimals; ``-`` when an end is not reached yet. No patient data: the ledger
-holds UIDs and AE titles only.
+(destination name, state — ``superseded``, ``dropped`` and ``failed`` included,
+a failed one marked as a dead letter with its id for ``dicom-node exports`` —,
+attempts, the last DIMSE status as text, the warning it was delivered with, last
+error). A line ``dead letters: N (dicom-node exports list)`` heads the text when
+the ledger holds any. Durations are seconds with two decimals; ``-`` when an end
+is not reached yet. No patient data: the ledger holds UIDs and AE titles only.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from dicom_node.core.dimse import status_text
 from dicom_node.core.ledger import (
     AnalysisSnapshot,
     AnalysisView,
     DeliverySnapshot,
+    DeliveryState,
     ReportView,
     StudySnapshot,
     StudyView,
@@ -69,9 +74,16 @@ def _timings(values: dict[str, float | None]) -> str:
 
 
 def _delivery_line(d: DeliverySnapshot) -> str:
-    line = f"delivery {d.destination}  {d.state.value}  {_plural(d.attempts, 'attempt')}"
+    line = f"delivery {d.destination}  {d.state.value}"
+    if d.state is DeliveryState.FAILED:
+        line += f" (dead letter {d.id})"
+    line += f"  {_plural(d.attempts, 'attempt')}"
     if d.delivered_at is not None:
         line += f"  took {_fmt(_seconds(d.created_at, d.delivered_at))}"
+    if d.status is not None:
+        line += f"  status {status_text(d.status)}"
+    if d.warning:
+        line += f"  warning: {d.warning}"
     return line + (f"  last error: {d.last_error}" if d.last_error else "")
 
 
@@ -106,22 +118,31 @@ def _analysis_lines(v: AnalysisView, depth: int) -> list[str]:
     return lines
 
 
-def render_text(views: Sequence[StudyView]) -> str:
+def dead_letter_line(count: int) -> str:
+    """The line heading ``dicom-node status`` when the ledger holds dead letters."""
+    return f"dead letters: {count} (dicom-node exports list)"
+
+
+def render_text(views: Sequence[StudyView], dead_letters: int = 0) -> str:
     """The studies as an indented tree, one block per study.
 
     Parameters
     ----------
     views : sequence of StudyView
         From :meth:`dicom_node.core.ledger.Ledger.studies`.
+    dead_letters : int, optional
+        Dead letters in the whole ledger (``len(Ledger.dead_letters())``); when
+        above 0 a :func:`dead_letter_line` comes first.
 
     Returns
     -------
     str
         Text without a trailing newline; ``"no studies in the ledger"`` if empty.
     """
+    head = [dead_letter_line(dead_letters)] if dead_letters > 0 else []
     if not views:
-        return "no studies in the ledger"
-    blocks = []
+        return "\n\n".join([*head, "no studies in the ledger"])
+    blocks = head
     for view in views:
         s = view.study
         lines = [
@@ -145,6 +166,17 @@ def _plain(snapshot: Any) -> dict[str, Any]:
     }
 
 
+def study_dead_letters(view: StudyView) -> list[int]:
+    """Ids of a study's dead letters (``failed`` deliveries), ascending."""
+    return sorted(
+        d.id
+        for a in view.analyses
+        for r in a.reports
+        for d in r.deliveries
+        if d.state is DeliveryState.FAILED
+    )
+
+
 def to_json(views: Sequence[StudyView]) -> list[dict[str, Any]]:
     """The studies as JSON-ready dicts (for ``json.dumps``).
 
@@ -157,8 +189,9 @@ def to_json(views: Sequence[StudyView]) -> list[dict[str, Any]]:
     -------
     list of dict
         Per study: its snapshot's fields (states as strings, times as epoch
-        seconds), ``timings`` (seconds, 2 decimals, None when not reached) and
-        ``analyses``; per analysis: its fields (``skipped``: a list of
+        seconds), ``timings`` (seconds, 2 decimals, None when not reached),
+        ``dead_letters`` (ids of its ``failed`` deliveries, for ``dicom-node
+        exports retry | drop``) and ``analyses``; per analysis: its fields (``skipped``: a list of
         ``{"sop_instance_uid", "reason"}``), ``untrained``, ``timings`` and
         ``reports``; per report: its fields and ``deliveries``.
     """
@@ -166,6 +199,7 @@ def to_json(views: Sequence[StudyView]) -> list[dict[str, Any]]:
         {
             **_plain(view.study),
             "timings": study_timings(view.study),
+            "dead_letters": study_dead_letters(view),
             "analyses": [
                 {
                     **_plain(a.analysis),
