@@ -18,7 +18,9 @@ Schema (keys of the YAML file)::
     preprocessing: [{step: <key>, ...}, ...]     vocabulary: models.preprocessing
     output: {name, kind: class_scores, activation: sigmoid|softmax|none}
     aggregation: {scope: image|series|study, reduce: max|mean, slice_order: patient_axis|none}
-    labels: [{name, code: {value, scheme, meaning}, threshold, report: true}]
+    labels: [{name, code: {value, scheme, meaning}, threshold, report: true,
+              finding_site: {value, scheme, meaning} | null}]
+    finding_site: {value, scheme, meaning} | null   default anatomic site of every label
     routing: {rules: [{modalities, body_parts, view_positions, sop_classes,
                        photometric_interpretations, calling_aes, study_description,
                        series_description, attributes}]}
@@ -72,12 +74,17 @@ class Label(_Strict):
     ``threshold`` is on the activated output (a probability for sigmoid and
     softmax): the finding is Present when the value is ``>= threshold``.
     ``report: false`` keeps a class (e.g. softmax "normal") out of the SR.
+    ``finding_site``: the anatomic location of the finding, written as the TID 1501
+    "Finding Site" (SCT 363698007) of the label's measurement group (PS3.16; a
+    SNOMED CT anatomic code, e.g. from CID 4031 "Common Anatomic Regions"); when
+    null the manifest's ``finding_site`` applies (:meth:`Manifest.finding_site_of`).
     """
 
     name: str = Field(min_length=1, max_length=64)
     code: CodedConcept
     threshold: float
     report: bool = True
+    finding_site: CodedConcept | None = None
 
 
 class WeightsSpec(_Strict):
@@ -291,6 +298,9 @@ class Manifest(_Strict):
     model_card: ModelCard
     upstream: str
     reference: str
+    finding_site: CodedConcept | None = None
+    """Anatomic site of every label that names none (e.g. SCT 39607008 "Lung");
+    reports write it as the TID 1501 Finding Site. Null: no finding site."""
 
     @field_validator("preprocessing")
     @classmethod
@@ -325,6 +335,10 @@ class Manifest(_Strict):
     def label_names(self) -> list[str]:
         """Label names in output order (column ``j`` of the scores is ``labels[j]``)."""
         return [label.name for label in self.labels]
+
+    def finding_site_of(self, label: Label) -> CodedConcept | None:
+        """The label's finding site, else the manifest's; None when neither names one."""
+        return label.finding_site or self.finding_site
 
     @property
     def weights_pinned(self) -> bool:

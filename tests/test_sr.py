@@ -50,6 +50,7 @@ class FakeLabel:
     code: FakeCode
     threshold: float = 0.5
     report: bool = True
+    finding_site: FakeCode | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class FakeManifest:
     labels: Sequence[FakeLabel]
     aggregation: FakeAggregation = field(default_factory=FakeAggregation)
     model_card: FakeCard | None = field(default_factory=FakeCard)
+    finding_site: FakeCode | None = None
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,23 @@ CHEST_CODES = [
     ("Lung Opacity", "XRV-LUNGOPAC", "99DCMNODE", "Lung opacity"),
     ("Enlarged Cardiomediastinum", "XRV-ENLCM", "99DCMNODE", "Enlarged cardiomediastinum"),
 ]
+LUNG = FakeCode("39607008", "SCT", "Lung")
+HEART = FakeCode("80891009", "SCT", "Heart")
+BRAIN = FakeCode("12738006", "SCT", "Brain")
 FAKE = FakeManifest(
     id="fake-chest",
     name="Fake chest classifier",
     version="1.0",
     labels=[
-        FakeLabel(n, FakeCode(v, s, m), threshold=0.05 * (i + 1))
+        FakeLabel(
+            n,
+            FakeCode(v, s, m),
+            threshold=0.05 * (i + 1),
+            finding_site=HEART if n == "Cardiomegaly" else None,
+        )
         for i, (n, v, s, m) in enumerate(CHEST_CODES)
     ],
+    finding_site=LUNG,
 )
 HEAD = FakeManifest(
     id="fake-head-ct",
@@ -124,6 +135,7 @@ HEAD = FakeManifest(
         FakeLabel("normal", FakeCode("17621005", "SCT", "Normal"), 0.5, report=False),
     ],
     aggregation=FakeAggregation(scope="series"),
+    finding_site=BRAIN,
 )
 BONE = FakeManifest(
     id="fake-bone",
@@ -137,6 +149,13 @@ BONE = FakeManifest(
 
 def header(name: str) -> Dataset:
     return dcmread(str(get_testdata_file(name)), stop_before_pixels=True)
+
+
+def sr_of(inp: ReportInput) -> Dataset:
+    """The one object of the tid1500 profile."""
+    objects = build_tid1500(inp)
+    assert isinstance(objects, list) and len(objects) == 1
+    return objects[0]
 
 
 def save(sr: Dataset, path: Path) -> Path:
@@ -216,7 +235,7 @@ def chest_input(scope: str = "study", kind: str = "untrained-demo") -> ReportInp
 def test_chest_cr_max_gives_a_valid_sr(scope: str, tmp_path: Path) -> None:
     inp = chest_input(scope)
     source = inp.evidence[0]
-    sr = build_tid1500(inp)
+    sr = sr_of(inp)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert (sr.StudyInstanceUID, sr.PatientID, sr.PatientName) == (
         source.StudyInstanceUID,
@@ -250,7 +269,7 @@ def test_chest_cr_max_gives_a_valid_sr(scope: str, tmp_path: Path) -> None:
 
 
 def test_algorithm_identification_names_backend_weights_and_model_card() -> None:
-    sr = build_tid1500(chest_input())
+    sr = sr_of(chest_input())
     texts = algorithm_texts(sr)
     parameters = texts["111002"]
     assert f"weights sha256 {SHA}" in parameters
@@ -265,7 +284,7 @@ def test_algorithm_identification_names_backend_weights_and_model_card() -> None
 def test_algorithm_identification_names_precision_device_and_engine(tmp_path: Path) -> None:
     engine = "NVIDIA-H100-80GB-HBM3_sm90_trt10.3.0_" + "cd" * 8
     inp = replace(chest_input(), backend="tensorrt", precision="fp16", engine_key=engine)
-    sr = build_tid1500(replace(inp, device="cuda"))
+    sr = sr_of(replace(inp, device="cuda"))
     parameters = algorithm_texts(sr)["111002"]
     served = [
         p for p in parameters if p.split(" ")[0] in ("backend", "precision", "device", "engine")
@@ -274,7 +293,7 @@ def test_algorithm_identification_names_precision_device_and_engine(tmp_path: Pa
     assert parameters.count("precision fp16") == len(FAKE.labels)  # in every group
     assert dciodvfy_errors(save(sr, tmp_path / "trt.dcm")) == []
     # No engine (eager torch) and an unknown device: those lines are left out.
-    eager = algorithm_texts(build_tid1500(replace(inp, backend="torch", engine_key="")))
+    eager = algorithm_texts(sr_of(replace(inp, backend="torch", engine_key="")))
     assert "precision fp16" in eager["111002"] and "backend torch" in eager["111002"]
     assert not [p for p in eager["111002"] if p.startswith(("engine ", "device "))]
     assert all("UNTRAINED" in name for name in eager["111001"])
@@ -289,7 +308,9 @@ def test_a_model_that_does_not_say_its_precision_is_reported_fp32() -> None:
         slices[0].SeriesInstanceUID, np.full(count, 0.5, np.float32), [images] * count
     )
     model = FakeModel(ich, FakeWeights(ich.id))  # backend only, like a model of before issue 7
-    sr = build_report("tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 1)
+    (sr,) = build_report(
+        "tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 1
+    )
     parameters = algorithm_texts(sr)["111002"]
     assert {"backend onnxruntime", "precision fp32"} <= set(parameters)
     assert not [p for p in parameters if p.startswith(("engine ", "device "))]
@@ -306,7 +327,7 @@ def test_a_loaded_model_reports_how_it_runs(
     image = FakeImage(source)
     key = None if manifest.aggregation.scope == "study" else source.SOPInstanceUID
     unit = FakeAggregate(key, np.full(count, 0.25, np.float32), [[image]] * count)
-    sr = build_report("tid1500", FakeOutcome([unit], [image]), model, source.StudyInstanceUID, 1)
+    (sr,) = build_report("tid1500", FakeOutcome([unit], [image]), model, source.StudyInstanceUID, 1)
     parameters = algorithm_texts(sr)["111002"]
     expected = [f"backend {model.backend}", f"precision {model.precision}"]
     expected += [f"device {model.device}"] + (
@@ -320,31 +341,33 @@ def test_a_loaded_model_reports_how_it_runs(
 
 
 def test_untrained_weights_are_labelled_and_real_ones_are_not() -> None:
-    demo = build_tid1500(chest_input(kind="untrained-demo"))
+    demo = sr_of(chest_input(kind="untrained-demo"))
     assert "UNTRAINED DEMO WEIGHTS - NOT FOR CLINICAL USE" in demo.SeriesDescription
     assert demo.SeriesDescription.startswith("AI Fake chest")
     assert len(demo.SeriesDescription) <= 64
     assert all("UNTRAINED" in name for name in algorithm_texts(demo)["111001"])
     observer = [i for i in demo.ContentSequence if concept(i) == "121013"]  # Device Observer Name
     assert observer and "UNTRAINED" in observer[0].TextValue
-    real = build_tid1500(chest_input(kind="real"))
+    real = sr_of(chest_input(kind="real"))
     assert real.SeriesDescription == "AI Fake chest classifier"
     assert "UNTRAINED" not in str(algorithm_texts(real)["111001"])
 
 
 def test_same_input_gives_same_uids_and_generation_changes_them() -> None:
     inp = chest_input()
-    one, two = build_tid1500(inp), build_tid1500(inp)
+    one, two = sr_of(inp), sr_of(inp)
     assert one.SeriesInstanceUID == two.SeriesInstanceUID
     assert one.SOPInstanceUID == two.SOPInstanceUID
     assert [f.tracking_uid for f in read_findings(one)] == [
         f.tracking_uid for f in read_findings(two)
     ]
     assert len({f.tracking_uid for f in read_findings(one)}) == len(FAKE.labels)
-    other = build_tid1500(replace(inp, generation=2))
+    other = sr_of(replace(inp, generation=2))
     assert other.SOPInstanceUID != one.SOPInstanceUID
-    assert other.SeriesInstanceUID != one.SeriesInstanceUID
-    resha = build_tid1500(replace(inp, weights=FakeWeights(FAKE.id, sha256="cd" * 32)))
+    assert other.SeriesInstanceUID == one.SeriesInstanceUID  # every generation: one series
+    assert (one.InstanceNumber, other.InstanceNumber) == (1, 2)
+    assert one.SeriesNumber == other.SeriesNumber == 9901
+    resha = sr_of(replace(inp, weights=FakeWeights(FAKE.id, sha256="cd" * 32)))
     assert resha.SOPInstanceUID != one.SOPInstanceUID
 
 
@@ -361,7 +384,7 @@ def test_ct_series_scope_max_references_the_driving_slice(tmp_path: Path) -> Non
     inp = ReportInput(
         study, 4, HEAD, FakeWeights(HEAD.id, "real"), "torch", findings, [*first, *second]
     )
-    sr = build_tid1500(inp)
+    sr = sr_of(inp)
     reported = read_findings(sr)
     assert [f.identifier for f in reported] == [
         "hemorrhage (series 2)",
@@ -403,7 +426,7 @@ def test_bone_study_scope_mean_lists_every_source(tmp_path: Path) -> None:
         [Finding(label, 0.625, (first, second), None)],
         [first, second],
     )
-    sr = build_tid1500(inp)
+    sr = sr_of(inp)
     (finding,) = read_findings(sr)
     assert finding.sources == (first.SOPInstanceUID, second.SOPInstanceUID)
     assert (finding.identifier, finding.evaluation) == ("lesion", "Present")
@@ -438,7 +461,7 @@ def test_invalid_source_values_do_not_stop_the_report(
     caplog.set_level(logging.DEBUG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+        sr = sr_of(replace(inp, findings=findings, evidence=[source]))
     # Type 2: left empty; Type 3: left out; a date in the old form: fixed; valid: copied
     assert (sr.PatientName, sr.PatientSex, sr.PatientBirthDate, sr.StudyTime) == ("", "", "", "")
     assert sr.StudyDate == "20040826"
@@ -462,7 +485,7 @@ def test_a_patient_id_in_patient_sex_and_a_missing_name(tmp_path: Path) -> None:
     raw(source, "PatientBirthDate", "20230231")  # no such day
     raw(source, "PatientWeight", "heavy")  # DS that is not a number: Type 3, left out
     findings = [replace(f, sources=(source,)) for f in inp.findings]
-    sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+    sr = sr_of(replace(inp, findings=findings, evidence=[source]))
     assert (sr.PatientID, sr.PatientSex, sr.PatientBirthDate) == ("PID-4711", "", "")
     assert sr.PatientName == "" and "PatientWeight" not in sr
     assert dciodvfy_errors(save(sr, tmp_path / "sex.dcm")) == []
@@ -474,7 +497,7 @@ def test_images_not_analysed_are_named_in_the_report(tmp_path: Path) -> None:
         SkippedImage("1.2.826.0.1.3680043.8.498.1", "image is constant (blank)"),
         SkippedImage("1.2.826.0.1.3680043.8.498.2", "Rows (0028,0010) is missing"),
     ]
-    sr = build_tid1500(replace(inp, skipped=skipped))
+    sr = sr_of(replace(inp, skipped=skipped))
     assert read_not_analysed(sr) == [(s.sop_instance_uid, s.reason) for s in skipped]
     (container,) = [i for i in sr.ContentSequence[0:] if concept(i) == "C0034375"]
     assert [concept(i) for i in sr.ContentSequence][-2:] == ["126010", "C0034375"]  # TID 1500 order
@@ -482,7 +505,7 @@ def test_images_not_analysed_are_named_in_the_report(tmp_path: Path) -> None:
     schemes = [str(i.CodingSchemeDesignator) for i in sr.CodingSchemeIdentificationSequence]
     assert "99DCMNODE" in schemes
     assert dciodvfy_errors(save(sr, tmp_path / "skipped.dcm")) == []
-    assert read_not_analysed(build_tid1500(inp)) == []
+    assert read_not_analysed(sr_of(inp)) == []
 
 
 def raw(ds: Dataset, keyword: str, value: str) -> None:
@@ -524,7 +547,7 @@ def test_report_errors_do_not_quote_patient_data(spoil) -> None:  # type: ignore
         spoil(source)
     findings = [replace(f, sources=(source,)) for f in inp.findings]
     with pytest.raises(ReportError) as caught:
-        build_tid1500(replace(inp, study_uid=study, findings=findings, evidence=[source]))
+        sr_of(replace(inp, study_uid=study, findings=findings, evidence=[source]))
     text = str(caught.value)
     assert "Secret" not in text and "PID-4711" not in text and "Person" not in text
 
@@ -532,14 +555,14 @@ def test_report_errors_do_not_quote_patient_data(spoil) -> None:  # type: ignore
 def test_inconsistent_findings_are_refused() -> None:
     inp = chest_input()
     with pytest.raises(ReportError, match="not in"):
-        build_tid1500(replace(inp, findings=[replace(inp.findings[0], probability=1.5)]))
+        sr_of(replace(inp, findings=[replace(inp.findings[0], probability=1.5)]))
     with pytest.raises(ReportError, match="twice"):
-        build_tid1500(replace(inp, findings=[inp.findings[0]] * 2))
+        sr_of(replace(inp, findings=[inp.findings[0]] * 2))
     with pytest.raises(ReportError, match="scope"):
-        build_tid1500(replace(inp, findings=[replace(inp.findings[0], scope_key="1.2")]))
+        sr_of(replace(inp, findings=[replace(inp.findings[0], scope_key="1.2")]))
     hidden = replace(FAKE, labels=[replace(label, report=False) for label in FAKE.labels])
     with pytest.raises(ReportError, match="no reportable"):
-        build_tid1500(replace(inp, manifest=hidden, findings=[]))
+        sr_of(replace(inp, manifest=hidden, findings=[]))
 
 
 def test_warm_up_builds_an_sr_and_logs_nothing_above_info(
@@ -556,15 +579,16 @@ def test_warm_up_builds_an_sr_and_logs_nothing_above_info(
 
 
 def test_profiles_are_looked_up_by_name() -> None:
-    assert set(PROFILES) == {"tid1500"}
+    assert set(PROFILES) == {"tid1500", "text_sr", "key_image", "pdf"}
     assert builder("tid1500") is build_tid1500
-    assert build("tid1500", chest_input()).Modality == "SR"
+    (sr,) = build("tid1500", chest_input())
+    assert sr.Modality == "SR"
     with pytest.raises(ReportError, match="unknown report profile"):
         builder("text-sr")
 
 
 def test_read_findings_reads_a_saved_file(tmp_path: Path) -> None:
-    sr = build_tid1500(chest_input())
+    sr = sr_of(chest_input())
     path = save(sr, tmp_path / "sr.dcm")
     assert read_findings(dcmread(path)) == read_findings(sr)
     empty = Dataset()
@@ -612,7 +636,9 @@ def test_build_report_turns_a_head_ct_outcome_into_a_series_sr(tmp_path: Path) -
     probabilities = np.linspace(0.1, 0.9, count).astype(np.float32)
     unit = FakeAggregate(slices[0].SeriesInstanceUID, probabilities, [[images[2]]] * count)
     model = FakeModel(ich, FakeWeights(ich.id, "real"))
-    sr = build_report("tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 3)
+    (sr,) = build_report(
+        "tid1500", FakeOutcome([unit], images), model, slices[0].StudyInstanceUID, 3
+    )
     reported = read_findings(sr)
     assert len(reported) == sum(label.report for label in ich.labels)
     assert {f.sources for f in reported} == {(slices[2].SOPInstanceUID,)}
@@ -658,9 +684,109 @@ def test_retired_and_private_sop_classes_are_referenced_as_they_are(
     source = deepcopy(inp.evidence[0])
     source.SOPClassUID = sop_class
     findings = [replace(f, sources=(source,)) for f in inp.findings]
-    sr = build_tid1500(replace(inp, findings=findings, evidence=[source]))
+    sr = sr_of(replace(inp, findings=findings, evidence=[source]))
     (study,) = sr.CurrentRequestedProcedureEvidenceSequence
     (reference,) = study.ReferencedSeriesSequence[0].ReferencedSOPSequence
     assert reference.ReferencedSOPClassUID == sop_class
     assert library_images(sr) == [source.SOPInstanceUID]
     save(sr, tmp_path / "retired.dcm")
+
+
+def test_title_language_and_finding_sites(tmp_path: Path) -> None:
+    sr = sr_of(chest_input())
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert sr.ConceptNameCodeSequence[0].CodingSchemeDesignator == "DCM"
+    (language,) = [i for i in sr.ContentSequence if concept(i) == "121049"]
+    assert language.RelationshipType == "HAS CONCEPT MOD"
+    assert (
+        language.ConceptCodeSequence[0].CodeValue,
+        language.ConceptCodeSequence[0].CodingSchemeDesignator,
+    ) == ("en-US", "RFC5646")
+    sites = {}
+    for group in child(sr, "126010").ContentSequence:
+        name = next(str(i.TextValue) for i in group.ContentSequence if concept(i) == "112039")
+        (site,) = [i for i in group.ContentSequence if concept(i) == "363698007"]
+        assert site.RelationshipType == "HAS CONCEPT MOD" and site.ValueType == "CODE"
+        sites[name] = (
+            site.ConceptCodeSequence[0].CodeValue,
+            site.ConceptCodeSequence[0].CodingSchemeDesignator,
+        )
+    assert sites["Cardiomegaly"] == ("80891009", "SCT")  # the label's own site
+    assert sites["Atelectasis"] == sites["Pneumothorax"] == ("39607008", "SCT")  # the manifest's
+    assert len(sites) == len(FAKE.labels)
+    assert dciodvfy_errors(save(sr, tmp_path / "sites.dcm")) == []
+    # No site in the manifest or label: no Finding Site item.
+    bone = ReportInput(
+        header("RG3_UNCR.dcm").StudyInstanceUID, 1, BONE, FakeWeights(BONE.id, "real"), "torch",
+        [Finding(BONE.labels[0], 0.5, (header("RG3_UNCR.dcm"),), None)], [header("RG3_UNCR.dcm")],
+    )  # fmt: skip
+    assert not [i for i in items(sr_of(bone)) if concept(i) == "363698007"]
+
+
+def test_shipped_manifests_name_their_finding_sites() -> None:
+    sites = {
+        m.id: {m.finding_site_of(label).value for label in m.labels} for m in shipped_manifests()
+    }
+    assert sites["ich-headct-densenet121-rsna2019"] == {"12738006"}  # Brain
+    assert sites["mura-densenet169-abnormality"] == {"272673000"}  # Bone structure
+    assert "39607008" in sites["xrv-densenet121-res224-all"]  # Lung
+    sr = warm_up_sr(next(m for m in shipped_manifests() if m.id.startswith("ich-")))
+    found = {
+        str(i.ConceptCodeSequence[0].CodeValue) for i in items(sr) if concept(i) == "363698007"
+    }
+    assert found == {"12738006"}
+
+
+def test_a_manifest_finding_site_must_be_a_code() -> None:
+    import yaml
+
+    from dicom_node.core.errors import ManifestError
+    from models.manifest import MANIFEST_DIR, load_manifest, parse_manifest
+
+    data = yaml.safe_load((MANIFEST_DIR / "mura-densenet169-abnormality.yaml").read_text())
+    data["finding_site"] = {"value": "272673000", "scheme": "SCT"}  # no meaning
+    with pytest.raises(ManifestError, match=r"finding_site\.meaning"):
+        parse_manifest(data, "bad.yaml")
+    data["finding_site"] = None
+    data["labels"][0]["finding_site"] = {"value": "71341001", "scheme": "SCT", "meaning": "Femur"}
+    manifest = parse_manifest(data, "ok.yaml")
+    assert manifest.finding_site_of(manifest.labels[0]).meaning == "Femur"  # type: ignore[union-attr]
+    assert (
+        load_manifest(MANIFEST_DIR / "mura-densenet169-abnormality.yaml").finding_site is not None
+    )
+
+
+def test_a_superseding_sr_references_its_predecessor_and_keeps_the_series(tmp_path: Path) -> None:
+    from dicom_node.core.ledger import PriorReport
+    from workers.outputs.findings import predecessor_key
+
+    first = sr_of(chest_input())
+    assert "PredecessorDocumentsSequence" not in first
+    prior = PriorReport(
+        sop_class_uid=str(first.SOPClassUID),
+        sop_instance_uid=str(first.SOPInstanceUID),
+        series_instance_uid=str(first.SeriesInstanceUID),
+        study_uid=str(first.StudyInstanceUID),
+    )
+    later = replace(chest_input(), generation=2, predecessors={predecessor_key("tid1500"): prior})
+    second = sr_of(later)
+    assert second.SeriesInstanceUID == first.SeriesInstanceUID
+    assert second.SOPInstanceUID != first.SOPInstanceUID and second.InstanceNumber == 2
+    (study,) = second.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (sop,) = series.ReferencedSOPSequence
+    assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (
+        first.SOPClassUID,
+        first.SOPInstanceUID,
+    )
+    assert dciodvfy_errors(save(second, tmp_path / "second.dcm")) == []
+    # Another profile's predecessor is not this one's.
+    other = replace(chest_input(), predecessors={predecessor_key("text_sr"): prior})
+    assert "PredecessorDocumentsSequence" not in sr_of(other)
+
+
+def child(node: Dataset, code_value: str) -> Dataset:
+    """The first content item of ``node`` with this concept name code value."""
+    return next(i for i in node.ContentSequence if concept(i) == code_value)

@@ -154,17 +154,23 @@ class DeliverPublisher:
     Parameters
     ----------
     settings : Settings
-        Needs ``broker_url``.
+        Needs ``broker_url``; without it, the embedded Redis that ``dicom-node up``
+        started for the same data directory is used.
 
     Raises
     ------
     ConfigError
-        If no broker URL is configured.
+        If no broker URL is configured and ``up`` is not running here.
     """
 
     def __init__(self, settings: Settings) -> None:
+        from dicom_node.app.supervisor import embedded_broker_url
         from dicom_node.ingest.publisher import publisher_app
 
+        if not settings.broker_url:
+            url = embedded_broker_url(settings.data_dir)
+            if url:
+                settings = settings.model_copy(update={"broker_url": url})
         self.app: Celery = publisher_app(settings)
 
     def check(self) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dicom_node.core.durable import write_durably
 from dicom_node.core.errors import ServiceError
 from dicom_node.core.ledger import upgrade_ledger
 from dicom_node.core.settings import Settings
@@ -250,6 +251,18 @@ class ScpGroup:
         self.primary.stop()
 
 
+EMBEDDED_BROKER_FILE = "redis/broker_url"
+"""Where ``up`` writes the URL of the Redis it started (CLI commands find it there)."""
+
+
+def embedded_broker_url(data_dir: Path) -> str | None:
+    """The URL of the Redis server ``dicom-node up`` started for ``data_dir``, if it wrote one."""
+    try:
+        return (data_dir / EMBEDDED_BROKER_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int:
     """Run the node until SIGINT / SIGTERM (or ``stop_event``); return an exit code.
 
@@ -273,6 +286,7 @@ def run_up(settings: Settings, stop_event: threading.Event | None = None) -> int
             redis.start()
             children.append(redis)
             log.info("embedded Redis at %s (AOF in %s)", broker_url, settings.data_dir / "redis")
+            write_durably(settings.data_dir / EMBEDDED_BROKER_FILE, broker_url.encode())
         settings = settings.model_copy(update={"broker_url": broker_url})
         worker = worker_child(settings, broker_url)
         worker.start()

@@ -8,7 +8,10 @@ a diagnosis; "untrained demo weights" when the weights are not real.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from workers.outputs.findings import Finding, ReportInput
+from workers.outputs.headers import int_value
 
 DISCLAIMER = "AI-generated, not a diagnosis."
 """Stated first in every text profile (text SR, PDF, key image)."""
@@ -37,20 +40,31 @@ def algorithm_line(inp: ReportInput) -> str:
     return f"{line}; UNTRAINED DEMO WEIGHTS" if inp.is_demo else line
 
 
-def scope_text(finding: Finding) -> str:
-    """Where a finding applies: ``""`` (the study), or ``"series <uid>"`` / ``"image <uid>"``.
+def scope_labels(inp: ReportInput, findings: Sequence[Finding]) -> dict[str | None, str]:
+    """Human-readable scope of each scope key: ``""`` (study), ``"series 3"``, ``"image 12"``.
 
-    Image and series scope keys are UIDs (never a header value other than a UID).
+    The number is the source's Series Number or Instance Number (an integer, never
+    free text); where it is missing, the finding's position among the scope units.
     """
-    if finding.scope_key is None:
-        return ""
-    return finding.scope_key
+    labels: dict[str | None, str] = {}
+    for finding in findings:
+        key = finding.scope_key
+        if key in labels:
+            continue
+        if key is None:
+            labels[key] = ""
+            continue
+        number = int_value(
+            finding.sources[0], "SeriesNumber" if inp.scope == "series" else "InstanceNumber"
+        )
+        ordinal = number if number is not None else len(labels) + 1
+        labels[key] = f"{'series' if inp.scope == 'series' else 'image'} {ordinal}"
+    return labels
 
 
-def finding_line(finding: Finding) -> str:
+def finding_line(finding: Finding, scope: str = "") -> str:
     """``"Pneumothorax: PRESENT, probability 0.873 (threshold 0.500)"`` (+ ``" - <scope>"``)."""
     verdict = "PRESENT" if finding.present else "absent"
-    scope = scope_text(finding)
     where = f" - {scope}" if scope else ""
     return (
         f"{finding.label.code.meaning}: {verdict}, probability {finding.probability:.3f} "
@@ -59,14 +73,16 @@ def finding_line(finding: Finding) -> str:
 
 
 def finding_lines(inp: ReportInput) -> list[str]:
-    """One :func:`finding_line` per reported finding, in report order.
+    """One :func:`finding_line` per reported finding, in report order, with its scope label.
 
     Raises
     ------
     ReportError
         If the input is inconsistent (:meth:`ReportInput.reported`).
     """
-    return [finding_line(f) for f in inp.reported()]
+    findings = inp.reported()
+    scopes = scope_labels(inp, findings)
+    return [finding_line(f, scopes[f.scope_key]) for f in findings]
 
 
 def top_findings(inp: ReportInput, n: int) -> list[Finding]:

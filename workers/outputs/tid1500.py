@@ -1,9 +1,13 @@
 """Output profile "tid1500": a TID 1500 Measurement Report in a Comprehensive 3D SR.
 
-Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
+Content (PS3.16 TID 1500, 1501, 1204, 1001, 1600, 4019), one document per analysis:
 
-- Observation context: the device observer is the model (name, manifest id;
-  "UNTRAINED" in the name when the weights are untrained demo weights).
+- Title: DCM 126000 "Imaging Measurement Report" (CID 7021), stated explicitly.
+- Language of content item and descendants (TID 1204): RFC5646 "en-US" English.
+- Observation context (TID 1001): the device observer is the model (Device
+  Observer UID derived from the model id and weights sha256, name, manufacturer,
+  model name = manifest id; "UNTRAINED" in the name when the weights are
+  untrained demo weights).
 - Procedure reported: SCT 363679005 "Imaging procedure" (CID 100).
 - Image Library (DCM 111028): one entry per source image (:mod:`workers.outputs.library`).
 - Imaging Measurements: one measurement group per (scope unit, reported label),
@@ -11,8 +15,11 @@ Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
   Instance UID, the scope key and the label), finding type (the label's code),
   algorithm identification (TID 4019: model id, version; parameters: weights
   sha256, weights kind, backend, precision, device, engine key, model card URL /
-  reference, intended use),
-  source images (the image(s) that drove the finding), one measurement
+  reference, intended use; TID 4019 has no URL item, so the model card's URL is
+  the text parameter ``model card <url>``), finding site (SCT 363698007, TID 1501:
+  the label's ``finding_site``, else the manifest's, when either names one),
+  source images (the image(s) that drove the finding: for series scope with
+  ``max`` the slice with the highest probability, so a viewer jumps to it), one measurement
   DCM 122157 "Probability" in UCUM "1", and a qualitative evaluation
   SCT 52101004 "Present" / SCT 272519000 "Absent" at the label's threshold
   (present when probability >= threshold).
@@ -22,7 +29,12 @@ Content (PS3.16 TID 1500, 1501, 1600, 4019), one document per analysis:
   reasons name attribute keywords, never values.
 
 Series and SOP Instance UIDs are derived (:func:`workers.outputs.findings.report_uids`),
-so a task that runs twice produces the same instance.
+so a task that runs twice produces the same instance; every generation stays in
+one series (:func:`workers.outputs.findings.series_number`), Instance Number is
+the generation (1 for the warm-up's generation 0: highdicom wants it
+positive). When an earlier generation's report already went out
+(``inp.predecessor("tid1500")``), the SR Document General module's Predecessor
+Documents Sequence (0040,A360) references it (PS3.3 C.17.2).
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.core.contract import MANUFACTURER
 from dicom_node.core.errors import ReportError
-from dicom_node.core.ledger import SkippedImage
+from dicom_node.core.ledger import PriorReport, SkippedImage
 from dicom_node.core.redact import captured_library_warnings
 from dicom_node.core.uids import derived_uid
 from models.weights import UNTRAINED_NOTICE
@@ -46,23 +58,25 @@ from workers.outputs.findings import (
     ManifestLike,
     ReportInput,
     report_uids,
+    series_number,
 )
 from workers.outputs.headers import (
     copy_patient_and_study,
     first_of_study,
-    int_value,
     safe_reason,
     stand_in,
     unique_headers,
 )
 from workers.outputs.library import image_library
 from workers.outputs.reader import NOT_ANALYSED_CODE, ReportedFinding, read_findings
+from workers.outputs.summary import scope_labels
 
 __all__ = [
     "PROFILE",
     "Finding",
     "ReportInput",
     "ReportedFinding",
+    "build_document",
     "build_tid1500",
     "read_findings",
 ]
@@ -74,7 +88,9 @@ CONTAINS = hd.sr.RelationshipTypeValues.CONTAINS
 PRESENT = codes.SCT.Present
 ABSENT = codes.SCT.Absent
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
-SERIES_NUMBER = 9901
+TITLE = hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
+ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
+"""CID 5000 "Language": the language every text of the report is in (TID 1204)."""
 UNTRAINED_TAG = "UNTRAINED"
 INTENDED_USE_CHARS = 200
 LOOKUP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -84,7 +100,23 @@ QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Ev
 NOT_ANALYSED = hd.sr.CodedConcept(NOT_ANALYSED_CODE, LOCAL_SCHEME, "Image not analysed")
 
 
-def build_tid1500(inp: ReportInput) -> Dataset:
+def build_tid1500(inp: ReportInput) -> list[Dataset]:
+    """Build the TID 1500 Comprehensive 3D SR of one analysis (the profile's builder).
+
+    Returns
+    -------
+    list of pydicom.Dataset
+        ``[sr]``: the one object of the profile (:func:`build_document`).
+
+    Raises
+    ------
+    ReportError
+        As :func:`build_document`.
+    """
+    return [build_document(inp)]
+
+
+def build_document(inp: ReportInput) -> Dataset:
     """Build the TID 1500 Comprehensive 3D SR of one analysis.
 
     Parameters
@@ -97,7 +129,10 @@ def build_tid1500(inp: ReportInput) -> Dataset:
     pydicom.Dataset
         The SR instance (highdicom ``Comprehensive3DSR``), Explicit VR Little Endian,
         with file meta; patient and study modules copied from the first evidence image
-        of the study, Other Patient IDs included.
+        of the study, Other Patient IDs included; Series Number
+        :func:`~workers.outputs.findings.series_number`, Instance Number the
+        generation (at least 1); the Predecessor Documents Sequence when
+        ``inp.predecessor("tid1500")``.
 
     Raises
     ------
@@ -109,7 +144,7 @@ def build_tid1500(inp: ReportInput) -> Dataset:
     """
     with captured_library_warnings():
         report = _build(inp)
-    _declare_local_schemes(report, inp.manifest, extra=[LOCAL_SCHEME] if inp.skipped else [])
+    declare_local_schemes(report, inp.manifest, extra=[LOCAL_SCHEME] if inp.skipped else [])
     return report
 
 
@@ -125,12 +160,16 @@ def _build(inp: ReportInput) -> Dataset:
     stage = "measurement groups"
     try:
         algorithm = algorithm_identification(inp)
-        labels = _scope_labels(inp, findings)
-        groups = [_group(f, sop_uid, algorithm, labels) for f in findings]
+        labels = scope_labels(inp, findings)
+        groups = [_group(f, sop_uid, algorithm, labels, inp.manifest) for f in findings]
         content = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=_observer(inp)),
             procedure_reported=IMAGING_PROCEDURE,
             imaging_measurements=groups,
+            title=TITLE,
+            language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
+                ENGLISH
+            ),
         )
         stage = "image library"
         _insert_before_measurements(content, image_library(sources))
@@ -139,16 +178,18 @@ def _build(inp: ReportInput) -> Dataset:
             content[0].ContentSequence.append(not_analysed(inp.skipped))
         stage = "document"
         stand_ins = [stand_in(ds) for ds in ordered]
+        prior = inp.predecessor(PROFILE)
         report = hd.sr.Comprehensive3DSR(
             evidence=_for_highdicom(stand_ins),
             content=content,
             series_instance_uid=series_uid,
-            series_number=SERIES_NUMBER,
+            series_number=series_number(PROFILE),
             sop_instance_uid=sop_uid,
-            instance_number=1,
+            instance_number=max(1, inp.generation),  # highdicom: > 0 (warm-up: 0)
             manufacturer=MANUFACTURER,
             is_complete=True,
             series_description=series_description(inp),
+            previous_versions=[previous_version(prior)] if prior is not None else None,
         )
         _restore_evidence_classes(report, stand_ins)
         stage = "patient and study"
@@ -160,6 +201,20 @@ def _build(inp: ReportInput) -> Dataset:
             f"cannot build {PROFILE} SR for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
         ) from exc
     return report
+
+
+def previous_version(prior: PriorReport) -> Dataset:
+    """The identity of a superseded report, as highdicom's ``previous_versions`` takes it.
+
+    highdicom writes it into the Predecessor Documents Sequence (0040,A360) as a
+    Hierarchical SOP Instance Reference (PS3.3 C.17.2.1): study, series, SOP.
+    """
+    ds = Dataset()
+    ds.StudyInstanceUID = prior.study_uid
+    ds.SeriesInstanceUID = prior.series_instance_uid
+    ds.SOPClassUID = prior.sop_class_uid
+    ds.SOPInstanceUID = prior.sop_instance_uid
+    return ds
 
 
 def _for_highdicom(stand_ins: list[Dataset]) -> list[Dataset]:
@@ -188,21 +243,29 @@ def _restore_evidence_classes(report: Dataset, stand_ins: list[Dataset]) -> None
                     item.ReferencedSOPClassUID = classes.get(uid, item.ReferencedSOPClassUID)
 
 
-def series_description(inp: ReportInput) -> str:
-    """Series description: "AI <model name>", plus the whole untrained notice if not real.
+def series_description(inp: ReportInput, suffix: str = "") -> str:
+    """Series description: "AI <model name><suffix>", plus the whole untrained notice if not real.
+
+    Parameters
+    ----------
+    inp : ReportInput
+        The analysis (model name, weights kind).
+    suffix : str
+        Names the profile, e.g. ``" (text)"``; "" for TID 1500.
 
     Returns
     -------
     str
-        At most 64 characters (LO).
+        At most 64 characters (LO); the model name is cut at a word when the
+        untrained notice needs the room, the suffix and notice never.
     """
     text = f"AI {inp.manifest.name}"
     if not inp.is_demo:
-        return text[:64]
-    room = 64 - len(UNTRAINED_NOTICE) - 3
+        return f"{text[: 64 - len(suffix)]}{suffix}"
+    room = 64 - len(suffix) - len(UNTRAINED_NOTICE) - 3
     if len(text) > room:  # cut at a word: "AI Chest X-ray", not "AI Chest X-ray Tor"
         text = text[: room + 1].rsplit(" ", 1)[0] if " " in text[4 : room + 1] else text[:room]
-    return f"{text} - {UNTRAINED_NOTICE}"
+    return f"{text}{suffix} - {UNTRAINED_NOTICE}"
 
 
 def algorithm_identification(inp: ReportInput) -> hd.sr.AlgorithmIdentification:
@@ -255,13 +318,23 @@ def model_card_lines(manifest: ManifestLike) -> list[str]:
     return lines
 
 
-def _observer(inp: ReportInput) -> hd.sr.ObserverContext:
+def device_observer_uid(inp: ReportInput) -> str:
+    """Device Observer UID (DCM 121012) of the model: derived from its id and weights sha256."""
+    return derived_uid(inp.manifest.id, inp.weights.sha256)
+
+
+def device_observer_name(inp: ReportInput) -> str:
+    """Device Observer Name (DCM 121013): the model name, "UNTRAINED" added for demo weights."""
     suffix = f" {UNTRAINED_TAG}" if inp.is_demo else ""
+    return inp.manifest.name[: 64 - len(suffix)] + suffix
+
+
+def _observer(inp: ReportInput) -> hd.sr.ObserverContext:
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derived_uid(inp.manifest.id, inp.weights.sha256),
-            name=inp.manifest.name[: 64 - len(suffix)] + suffix,
+            uid=device_observer_uid(inp),
+            name=device_observer_name(inp),
             manufacturer_name=MANUFACTURER,
             model_name=inp.manifest.id[:64],
         ),
@@ -272,22 +345,16 @@ def _concept(label: LabelLike) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(label.code.value, label.code.scheme, label.code.meaning)
 
 
-def _scope_labels(inp: ReportInput, findings: list[Finding]) -> dict[str | None, str]:
-    """Human-readable scope of each scope key: "" (study), "series 3", "image 12"."""
-    labels: dict[str | None, str] = {}
-    for finding in findings:
-        key = finding.scope_key
-        if key in labels:
-            continue
-        if key is None:
-            labels[key] = ""
-            continue
-        number = int_value(
-            finding.sources[0], "SeriesNumber" if inp.scope == "series" else "InstanceNumber"
-        )
-        ordinal = number if number is not None else len(labels) + 1
-        labels[key] = f"{'series' if inp.scope == 'series' else 'image'} {ordinal}"
-    return labels
+def finding_site(manifest: ManifestLike, label: LabelLike) -> hd.sr.FindingSite | None:
+    """TID 1501 Finding Site (SCT 363698007) of a label: its own site, else the manifest's.
+
+    Read with ``getattr`` so that manifests without the field (test stand-ins,
+    the warm-up manifest) write none.
+    """
+    code = getattr(label, "finding_site", None) or getattr(manifest, "finding_site", None)
+    if code is None:
+        return None
+    return hd.sr.FindingSite(hd.sr.CodedConcept(code.value, code.scheme, code.meaning))
 
 
 def _group(
@@ -295,8 +362,10 @@ def _group(
     sop_uid: str,
     algorithm: hd.sr.AlgorithmIdentification,
     scope_labels: dict[str | None, str],
+    manifest: ManifestLike,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     label = finding.label
+    site = finding_site(manifest, label)
     scope = scope_labels[finding.scope_key]
     identifier = f"{label.name} ({scope})" if scope else label.name
     probability = min(1.0, max(0.0, float(finding.probability)))
@@ -307,6 +376,7 @@ def _group(
         ),
         finding_type=_concept(label),
         algorithm_id=algorithm,
+        finding_sites=[site] if site is not None else None,
         source_images=[
             hd.sr.SourceImageForMeasurementGroup.from_source_image(stand_in(ds))
             for ds in unique_headers(finding.sources)
@@ -360,10 +430,21 @@ def _insert_before_measurements(content: hd.sr.MeasurementReport, item: Dataset)
     children.insert(at, item)
 
 
-def _declare_local_schemes(
+def declare_local_schemes(
     report: Dataset, manifest: ManifestLike, extra: Sequence[str] = ()
 ) -> None:
-    """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1)."""
+    """Identify private coding schemes ("99...") used by the labels (PS3.3 C.12.1.1.2.1).
+
+    Parameters
+    ----------
+    report : pydicom.Dataset
+        Gets the Coding Scheme Identification Sequence when a local scheme is used.
+    manifest : ManifestLike
+        Its labels' code schemes.
+    extra : sequence of str
+        Further local schemes the report uses (:data:`LOCAL_SCHEME` for the
+        "Image not analysed" items).
+    """
     local = sorted(
         {lb.code.scheme for lb in manifest.labels if lb.code.scheme[:2] == "99"} | set(extra)
     )
