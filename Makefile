@@ -73,6 +73,7 @@ bench: venv sysdeps
 	$(BIN)/python bench/e2e
 	$(BIN)/python bench/ingest
 	$(BIN)/python bench/inference
+	$(BIN)/python bench/reports
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

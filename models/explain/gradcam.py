@@ -108,7 +108,7 @@ class GradCam:
 
     def _build(self) -> None:
         """Build the FP32 network and captum's LayerGradCam (under the lock)."""
-        from captum.attr import LayerGradCam  # type: ignore[import-untyped]
+        from captum.attr import LayerGradCam
 
         from models.engines import build_torch_model
 
