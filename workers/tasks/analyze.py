@@ -229,16 +229,22 @@ def analyze(task: Task, request: Analyze) -> TaskOutcome:
 
 
 def _resume_deliveries(task: Task, ctx: WorkerContext, analysis_id: int) -> None:
-    """A redelivered ``analyze`` of a reported analysis: publish its unsent deliveries again.
+    """A redelivered ``analyze`` of a finished analysis: publish its unsent deliveries again.
 
     Covers a worker that died between recording the reports and publishing
-    ``deliver`` (each ``deliver`` is idempotent, so publishing twice is harmless).
+    ``deliver`` (each ``deliver`` is idempotent, so publishing twice is harmless),
+    and one that died before marking a superseded analysis's deliveries
+    ``superseded`` (they are marked now, never sent).
     """
     analysis = ctx.ledger.get_analysis(analysis_id)
-    if analysis is None or analysis.state != AnalysisState.REPORTED:
-        log.info("analysis %d: done or superseded; skipping", analysis_id)
+    done = (AnalysisState.REPORTED, AnalysisState.SUPERSEDED)
+    if analysis is None or analysis.state not in done:
+        log.info("analysis %d: done; skipping", analysis_id)
         return
-    if not ctx.ledger.analysis_is_current(analysis_id):
+    # Superseded: also one whose worker died after recording its reports and before
+    # marking their deliveries superseded; they must not stay pending.
+    superseded = analysis.state == AnalysisState.SUPERSEDED
+    if superseded or not ctx.ledger.analysis_is_current(analysis_id):
         ctx.ledger.supersede_deliveries(analysis_id)
         log.info("analysis %d: superseded; its deliveries are not sent", analysis_id)
         return

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from celery import Task
+from pydicom.errors import InvalidDicomError
 
 from dicom_node.core.contract import Deliver, TaskOutcome
 from dicom_node.core.destinations import Destination
@@ -99,7 +100,7 @@ def deliver(task: Task, request: Deliver) -> TaskOutcome:
         return TaskOutcome(state=_D.FAILED.value, detail=str(exc), outcome="failed")
     except DeliveryError as exc:
         return _retry(task, ledger, settings, items, label, str(exc), exc.status)
-    except OSError as exc:  # a report file is gone or unreadable: retrying cannot help
+    except (OSError, InvalidDicomError) as exc:  # a report file gone or corrupt: dead letter
         reason = f"report file unreadable: {reason_for(exc)}"
         _dead(ledger, items, reason, None)
         return TaskOutcome(state=_D.FAILED.value, detail=reason, outcome="failed")
