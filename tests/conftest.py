@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -70,6 +71,22 @@ def disk_full(fd: int) -> None:
 def dcmtk_env() -> dict[str, str]:
     """Environment for dcmtk peers: Debian's dcmtk leaves Nagle on unless told."""
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Each test leaves the root logger as it found it.
+
+    An in-process Celery worker (``start_worker``) sets the root logger to ERROR
+    and adds a handler; a later test in the same xdist process that reads logs
+    with ``caplog`` or its own handler would otherwise see nothing.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True)

@@ -239,9 +239,16 @@ def _not_established(
         # Accepted, but not one of our contexts: pynetdicom aborted it.
         log.warning("%s accepted no presentation context for %d item(s)", peer, len(items))
         return [_unsupported(peer, item) for item in items]
+    if assoc.is_aborted and answer is None:
+        raise DeliveryError(
+            f"association with {peer} not established: connection refused, reset or "
+            "aborted before any answer"
+        )
     if assoc.is_aborted:
         raise DeliveryError(f"association with {peer} aborted during negotiation")
-    raise DeliveryError(f"cannot associate with {peer} (unreachable or no answer in time)")
+    raise DeliveryError(
+        f"association with {peer} not established: unreachable or no answer in time"
+    )
 
 
 def _unsupported(peer: Peer, item: Outbound) -> Sent:

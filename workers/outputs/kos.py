@@ -27,7 +27,7 @@ from models.weights import UNTRAINED_NOTICE
 from workers.outputs.findings import Finding, ReportInput, report_uids, series_number
 from workers.outputs.headers import copy_patient_and_study, safe_reason, stand_in
 from workers.outputs.summary import finding_line, statements
-from workers.outputs.tid1500 import device_observer_name, device_observer_uid
+from workers.outputs.tid1500 import device_observer
 
 __all__ = ["DOCUMENT_TITLE", "build_kos", "description"]
 
@@ -84,15 +84,7 @@ def build_kos(
     stage = "content"
     try:
         references = [stand_in(sc), stand_in(source)]
-        observer = hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=device_observer_uid(inp),
-                name=device_observer_name(inp),
-                manufacturer_name=MANUFACTURER,
-                model_name=inp.manifest.id[:64],
-            ),
-        )
+        observer = device_observer(inp)
         text = description(inp, finding, str(source.SOPInstanceUID), method)
         content = hd.ko.KeyObjectSelection(
             document_title=DOCUMENT_TITLE,

@@ -163,7 +163,7 @@ def _build(inp: ReportInput) -> Dataset:
         labels = scope_labels(inp, findings)
         groups = [_group(f, sop_uid, algorithm, labels, inp.manifest) for f in findings]
         content = hd.sr.MeasurementReport(
-            observation_context=hd.sr.ObservationContext(observer_device_context=_observer(inp)),
+            observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(inp)),
             procedure_reported=IMAGING_PROCEDURE,
             imaging_measurements=groups,
             title=TITLE,
@@ -329,7 +329,8 @@ def device_observer_name(inp: ReportInput) -> str:
     return inp.manifest.name[: 64 - len(suffix)] + suffix
 
 
-def _observer(inp: ReportInput) -> hd.sr.ObserverContext:
+def device_observer(inp: ReportInput) -> hd.sr.ObserverContext:
+    """TID 1002 observer context: the model as device (UID, name, manufacturer, model id)."""
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
