@@ -7,8 +7,10 @@ report is compared with Orthanc's own patient and study records: every object
 must be stored, filed under the same Orthanc patient and study as its source,
 with the same PatientID and StudyInstanceUID.
 
-C-STORE reports use generation 1, STOW-RS reports generation 2 of another model
-version (different SOP Instance UIDs), so each transport stores its own instances.
+The reports go through the node's own destinations (:func:`workers.destinations.send`:
+one association, one STOW-RS request), as the ``deliver`` task sends them. C-STORE
+reports use generation 1, STOW-RS reports generation 2 of another model version
+(different SOP Instance UIDs), so each transport stores its own instances.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID
 from pynetdicom import AE
 
+from dicom_node.core.destinations import Destination
+from dicom_node.core.settings import load_settings
 from tests.peers.orthanc import CALLING_AE, Orthanc, start_orthanc
 from tests.test_report_validity import CASES, PROFILE_NAMES, build_objects, write_objects
+from workers.destinations import Outbound, Sent, send
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +61,26 @@ def c_store(server: Orthanc, paths: Sequence[Path]) -> list[int]:
         assoc.release()
 
 
-def stow_rs(server: Orthanc, paths: Sequence[Path]) -> Dataset:
-    """Send files in one STOW-RS request (dicomweb-client); Orthanc's response dataset."""
-    from dicomweb_client.api import DICOMwebClient
-
-    client = DICOMwebClient(server.dicomweb_url)
-    return client.store_instances([dcmread(p) for p in paths])
+def deliver(
+    server: Orthanc, transport: str, objects: Sequence[Dataset], paths: Sequence[Path], tmp: Path
+) -> list[Sent]:
+    """Send the report files with the node's destination code; one Sent per object."""
+    if transport == "c_store":
+        destination = Destination(
+            name="orthanc",
+            kind="c_store",
+            ae_title=server.ae_title,
+            host="127.0.0.1",
+            port=server.dicom_port,
+        )
+    else:
+        destination = Destination(name="orthanc-web", kind="stow_rs", url=server.dicomweb_url)
+    items = [
+        Outbound(i, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+        for i, (ds, path) in enumerate(zip(objects, paths, strict=True))
+    ]
+    settings = load_settings(ae_title=CALLING_AE, data_dir=tmp / "node")
+    return send(destination, items, settings)
 
 
 @pytest.fixture(scope="module")
@@ -106,24 +125,10 @@ def test_orthanc_stores_every_profile_with_its_source(
     assert all(orthanc.instance_id(uid) is None for uid in uids), "already stored"
     log_start = len(orthanc.log_lines())
     said = [f"Orthanc {profile}/{case_name} over {transport}:"]
-    if transport == "c_store":
-        statuses = c_store(orthanc, paths)
-        said.append("  C-STORE statuses " + ", ".join(f"0x{s:04X}" for s in statuses))
-        assert statuses == [0x0000] * len(objects)
-    else:
-        answer = stow_rs(orthanc, paths)
-        stored = [str(i.ReferencedSOPInstanceUID) for i in answer.get("ReferencedSOPSequence", [])]
-        failed = [
-            (str(i.ReferencedSOPInstanceUID), i.get("FailureReason"))
-            for i in answer.get("FailedSOPSequence", [])
-        ]
-        warnings = [
-            int(i.WarningReason)
-            for i in answer.get("ReferencedSOPSequence", [])
-            if "WarningReason" in i
-        ]
-        said.append(f"  STOW-RS stored {len(stored)}, failed {failed}, warnings {warnings}")
-        assert failed == [] and sorted(stored) == sorted(uids)
+    sent = deliver(orthanc, transport, objects, paths, tmp_path)
+    statuses = [item.status for item in sent]
+    said.append(f"  {transport} statuses " + ", ".join(f"0x{s:04X}" for s in statuses))
+    assert statuses == [0x0000] * len(objects), [item.detail for item in sent]
     for ds, uid in zip(objects, uids, strict=True):
         orthanc_id = orthanc.instance_id(uid)
         assert orthanc_id, f"{profile} object {ds.SOPClassUID} not in Orthanc"
