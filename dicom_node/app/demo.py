@@ -77,6 +77,7 @@ def run_demo(settings: Settings, timeout: float = 600.0) -> int:
                 "host": "127.0.0.1",
                 "port": free_port(),
                 "pacs": f"DEMO_PACS@127.0.0.1:{pacs_port}",
+                "destinations": [],  # the demo PACS alone, whatever the site configured
                 "study_quiet_seconds": 2.0,
             }
         )
