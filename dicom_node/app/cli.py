@@ -85,7 +85,7 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_json(views), indent=2))
     else:
-        print(render_text(views, dead_letters=len(ledger.dead_letters(limit=1_000_000))))
+        print(render_text(views, dead_letters=ledger.count_dead_letters()))
     return 0
 
 

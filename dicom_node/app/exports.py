@@ -44,8 +44,6 @@ EVERY = 1_000_000
 DONE, NOTHING, ERROR = 0, 1, 2
 """Exit statuses: done; nothing matched or declined; usage, configuration or broker error."""
 
-_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
-
 Say = Callable[[str], None]
 
 
@@ -195,17 +193,10 @@ class DeliverPublisher:
         EnqueueError
             If the broker does not take it.
         """
-        try:
-            self.app.send_task(
-                DELIVER_TASK,
-                kwargs={"request": payload.model_dump(mode="json")},
-                task_id=payload.task_id,
-                queue=DELIVERY_QUEUE,
-                retry=True,
-                retry_policy=_RETRY_POLICY,
-            )
-        except Exception as exc:  # kombu raises several connection error types
-            raise EnqueueError(f"{exc.__class__.__name__}: {exc}") from exc
+        from dicom_node.ingest.publisher import send_by_name
+
+        request = payload.model_dump(mode="json")
+        send_by_name(self.app, DELIVER_TASK, request, payload.task_id, DELIVERY_QUEUE)
 
     def close(self) -> None:
         """Release the broker connections."""

@@ -131,7 +131,7 @@ def render_text(views: Sequence[StudyView], dead_letters: int = 0) -> str:
     views : sequence of StudyView
         From :meth:`dicom_node.core.ledger.Ledger.studies`.
     dead_letters : int, optional
-        Dead letters in the whole ledger (``len(Ledger.dead_letters())``); when
+        Dead letters in the whole ledger (``Ledger.count_dead_letters()``); when
         above 0 a :func:`dead_letter_line` comes first.
 
     Returns

@@ -106,12 +106,12 @@ def celery_publisher(settings: Settings) -> Publish:
     app = publisher_app(settings)
 
     def publish(payload: RouteStudy) -> None:
-        _send(app, ROUTE_TASK, payload.model_dump(mode="json"), payload.task_id, ROUTE_QUEUE)
+        send_by_name(app, ROUTE_TASK, payload.model_dump(mode="json"), payload.task_id, ROUTE_QUEUE)
 
     return publish
 
 
-def _send(
+def send_by_name(
     app: Celery,
     task: str,
     request: dict[str, Any],
@@ -119,6 +119,24 @@ def _send(
     queue: str,
     priority: int = CELERY_PRIORITY["routine"],
 ) -> None:
+    """Publish one task by name with a short connection retry (what every publisher here does).
+
+    Parameters
+    ----------
+    app : celery.Celery
+        A :func:`publisher_app`.
+    task, task_id, queue : str
+        Task name, its deterministic id, the queue.
+    request : dict
+        The task's JSON payload (its ``request`` keyword argument).
+    priority : int
+        Celery priority (:data:`dicom_node.core.contract.CELERY_PRIORITY`).
+
+    Raises
+    ------
+    EnqueueError
+        If the broker does not take it.
+    """
     try:
         app.send_task(
             task,
@@ -199,7 +217,7 @@ class CeleryBroker:
         EnqueueError
             If the broker does not take it.
         """
-        _send(
+        send_by_name(
             self.app,
             ANALYZE_TASK,
             payload.model_dump(mode="json"),

@@ -106,6 +106,16 @@ class WeightsLike(Protocol):
     def sha256(self) -> str: ...  # noqa: D102
 
 
+def finding_site_code(manifest: ManifestLike, label: LabelLike) -> CodeLike | None:
+    """The anatomic site of a label's finding: its own ``finding_site``, else the manifest's.
+
+    Read with ``getattr`` so that manifests without the field (test stand-ins,
+    the warm-up manifest) have none; ``models.manifest.Manifest.finding_site_of``
+    is the same rule on the typed manifest.
+    """
+    return getattr(label, "finding_site", None) or getattr(manifest, "finding_site", None)
+
+
 @dataclass(frozen=True)
 class Finding:
     """One label's result for one scope unit (an image, a series, or the study).
@@ -171,12 +181,12 @@ class Explainer(Protocol):
         ...
 
 
-_NO_PREDECESSORS: Mapping[str, PriorReport] = MappingProxyType({})
+_NO_PREDECESSORS: Mapping[tuple[str, int], PriorReport] = MappingProxyType({})
 
 
-def predecessor_key(profile: str, ordinal: int = 0) -> str:
-    """Key of :attr:`ReportInput.predecessors`: ``"<profile>/<ordinal>"``."""
-    return f"{profile}/{ordinal}"
+def predecessor_key(profile: str, ordinal: int = 0) -> tuple[str, int]:
+    """Key of :attr:`ReportInput.predecessors` (as ``Ledger.prior_reports`` keys them)."""
+    return (profile, ordinal)
 
 
 @dataclass(frozen=True)
@@ -214,9 +224,9 @@ class ReportInput:
     instance_digest : str
         sha256 (hex) of the sorted SOP Instance UIDs of the analysis's instances
         (analysed and skipped): part of every report UID (:func:`report_uids`).
-    predecessors : mapping of str to PriorReport
-        Reports of earlier generations that already went out, by
-        :func:`predecessor_key`; the new reports supersede them.
+    predecessors : mapping of (str, int) to PriorReport
+        Reports of earlier generations that already went out, by (profile,
+        ordinal) (:func:`predecessor_key`); the new reports supersede them.
     explainer : Explainer or None
         Saliency maps for the key image profile; None when no destination takes it.
     """
@@ -233,7 +243,9 @@ class ReportInput:
     engine_key: str = ""
     device: str = ""
     instance_digest: str = ""
-    predecessors: Mapping[str, PriorReport] = field(default_factory=lambda: _NO_PREDECESSORS)
+    predecessors: Mapping[tuple[str, int], PriorReport] = field(
+        default_factory=lambda: _NO_PREDECESSORS
+    )
     explainer: Explainer | None = None
 
     def predecessor(self, profile: str, ordinal: int = 0) -> PriorReport | None:
@@ -376,7 +388,7 @@ def report_input(
     study_uid: str,
     generation: int,
     *,
-    predecessors: Mapping[str, PriorReport] | None = None,
+    predecessors: Mapping[tuple[str, int], PriorReport] | None = None,
     explainer: Explainer | None = None,
 ) -> ReportInput:
     """Turn an analysis outcome into the input of every report profile.
@@ -394,7 +406,8 @@ def report_input(
     generation : int
         Ledger generation of the study.
     predecessors : mapping, optional
-        Delivered reports of earlier generations, by :func:`predecessor_key`.
+        Delivered reports of earlier generations, by (profile, ordinal)
+        (``Ledger.prior_reports``).
     explainer : Explainer, optional
         Saliency for the key image profile.
 

@@ -370,6 +370,44 @@ def safe_reason(exc: BaseException, keyword: str | None = None) -> str:
     return reason_for(exc, keyword)
 
 
+class BuildSteps:
+    """Names the step a report builder is at; turns a failure in it into a PHI-free ReportError.
+
+    ``with BuildSteps("tid1500 SR", study_uid, "measurement groups") as steps:``,
+    then ``steps.stage = "document"`` as the builder moves on. A ``ReportError``
+    raised inside passes unchanged; any other exception becomes
+    ``ReportError("cannot build <what> for study <uid>: <stage>: <class (keyword)>")``
+    chained to it: the text names the stage, the exception class and at most a
+    DICOM keyword, never a value (:func:`safe_reason`).
+
+    Parameters
+    ----------
+    what : str
+        The object, e.g. ``"tid1500 SR"`` or ``"key_image SC"``.
+    study_uid : str
+        Study Instance UID of the report.
+    stage : str
+        The first step's name.
+    """
+
+    def __init__(self, what: str, study_uid: str, stage: str) -> None:
+        self.what = what
+        self.study_uid = study_uid
+        self.stage = stage
+
+    def __enter__(self) -> BuildSteps:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None or isinstance(exc, ReportError) or not isinstance(exc, Exception):
+            return
+        raise ReportError(
+            f"cannot build {self.what} for study {self.study_uid}: {self.stage}: {safe_reason(exc)}"
+        ) from exc
+
+
 def first_of_study(headers: Sequence[Dataset], study_uid: str) -> Dataset:
     """The first header of the given study (the one patient and study are copied from).
 

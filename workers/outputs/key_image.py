@@ -40,9 +40,9 @@ from dicom_node.core.redact import captured_library_warnings
 from models.weights import UNTRAINED_NOTICE
 from workers.outputs.findings import Finding, ReportInput, Saliency, report_uids, series_number
 from workers.outputs.headers import (
+    BuildSteps,
     copy_patient_and_study,
     first_of_study,
-    safe_reason,
     text_value,
     uid_of,
     unique_headers,
@@ -192,10 +192,9 @@ def build_secondary_capture(
     """
     check_saliency(saliency)
     series_uid, sop_uid = report_uids(inp, PROFILE, SC_ORDINAL)
-    stage = "pixels"
-    try:
+    with BuildSteps(f"{PROFILE} SC", inp.study_uid, "pixels") as steps:
         pixels = compose(saliency.image, saliency.heat, text_lines(inp, top, saliency.method))
-        stage = "secondary capture"
+        steps.stage = "secondary capture"
         sc = hd.sc.SCImage(
             pixel_array=pixels,
             photometric_interpretation="RGB",
@@ -210,17 +209,11 @@ def build_secondary_capture(
             patient_orientation=PLACEHOLDER_ORIENTATION,
             transfer_syntax_uid=ExplicitVRLittleEndian,
         )
-        stage = "attributes"
+        steps.stage = "attributes"
         _describe(sc, inp, source, saliency)
-        stage = "patient and study"
+        steps.stage = "patient and study"
         copy_patient_and_study(sc, source)
         sc.StudyInstanceUID = inp.study_uid
-    except ReportError:
-        raise
-    except Exception as exc:
-        raise ReportError(
-            f"cannot build {PROFILE} SC for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
-        ) from exc
     return sc
 
 

@@ -22,10 +22,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.core.contract import MANUFACTURER
-from dicom_node.core.errors import ReportError
 from models.weights import UNTRAINED_NOTICE
 from workers.outputs.findings import Finding, ReportInput, report_uids, series_number
-from workers.outputs.headers import copy_patient_and_study, safe_reason, stand_in
+from workers.outputs.headers import BuildSteps, copy_patient_and_study, stand_in
 from workers.outputs.summary import finding_line, statements
 from workers.outputs.tid1500 import device_observer
 
@@ -81,8 +80,7 @@ def build_kos(
         If highdicom refuses the document (stage and exception class only).
     """
     series_uid, sop_uid = report_uids(inp, PROFILE, ORDINAL)
-    stage = "content"
-    try:
+    with BuildSteps(f"{PROFILE} KOS", inp.study_uid, "content") as steps:
         references = [stand_in(sc), stand_in(source)]
         observer = device_observer(inp)
         text = description(inp, finding, str(source.SOPInstanceUID), method)
@@ -92,7 +90,7 @@ def build_kos(
             observer_device_context=observer,
             description=text,
         )
-        stage = "document"
+        steps.stage = "document"
         kos = hd.ko.KeyObjectSelectionDocument(
             evidence=references,
             content=content,
@@ -105,13 +103,7 @@ def build_kos(
         )
         suffix = " UNTRAINED" if inp.is_demo else ""
         kos.SeriesDescription = f"AI key objects {inp.manifest.id}"[: 64 - len(suffix)] + suffix
-        stage = "patient and study"
+        steps.stage = "patient and study"
         copy_patient_and_study(kos, source)
         kos.StudyInstanceUID = inp.study_uid
-    except ReportError:
-        raise
-    except Exception as exc:
-        raise ReportError(
-            f"cannot build {PROFILE} KOS for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
-        ) from exc
     return kos

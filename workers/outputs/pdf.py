@@ -40,7 +40,13 @@ from pydicom import Dataset
 from dicom_node.core.errors import ReportError
 from workers.outputs.document import new_document
 from workers.outputs.findings import Finding, ReportInput
-from workers.outputs.headers import first_of_study, safe_reason, text_value, uid_of, unique_headers
+from workers.outputs.headers import (
+    BuildSteps,
+    first_of_study,
+    text_value,
+    uid_of,
+    unique_headers,
+)
 from workers.outputs.summary import algorithm_line, scope_labels, statements
 from workers.outputs.tid1500 import model_card_lines, series_description
 
@@ -81,8 +87,7 @@ def build_pdf(inp: ReportInput) -> list[Dataset]:
     findings = inp.reported()
     if not findings:
         raise ReportError(f"model {inp.manifest.id}: no reportable finding")
-    stage = "document"
-    try:
+    with BuildSteps(f"{PROFILE} document", inp.study_uid, "document") as steps:
         ds = new_document(
             inp,
             PROFILE,
@@ -91,18 +96,11 @@ def build_pdf(inp: ReportInput) -> list[Dataset]:
             modality="DOC",
             series_description=series_description(inp, SUFFIX),
         )
-        stage = "pdf"
+        steps.stage = "pdf"
         source = first_of_study(unique_headers(inp.evidence), inp.study_uid)
         document = render_pdf(inp, source)
-        stage = "encapsulated document"
+        steps.stage = "encapsulated document"
         _encapsulate(ds, inp, document)
-    except ReportError:
-        raise
-    except Exception as exc:
-        raise ReportError(
-            f"cannot build {PROFILE} document for study {inp.study_uid}: {stage}: "
-            f"{safe_reason(exc)}"
-        ) from exc
     return [ds]
 
 

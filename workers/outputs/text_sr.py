@@ -2,8 +2,9 @@
 
 A Basic Text SR (PS3.3 A.35.1, SOP Class 1.2.840.10008.5.1.4.1.1.88.11) holds a
 tree of TEXT, CODE, UIDREF, IMAGE and CONTAINER items only (no NUM, no SCOORD;
-PS3.3 Table A.35.1-2 relationship constraints). highdicom has no class for it,
-so it is written with pydicom on :func:`workers.outputs.document.new_document`.
+PS3.3 Table A.35.1-2 relationship constraints). highdicom has no document class
+for it, so the document is written with pydicom on
+:func:`workers.outputs.document.new_document`, its content items with highdicom's.
 
 Content (SR Document Content, PS3.3 C.17.3; the headings of CID 7001, as in
 PS3.16 TID 2000 "Basic Diagnostic Imaging Report")::
@@ -37,14 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import highdicom as hd
 from pydicom import Dataset
 
 from dicom_node.core.contract import MANUFACTURER
 from dicom_node.core.errors import ReportError
 from dicom_node.core.ledger import SkippedImage
 from workers.outputs.document import evidence_sequence, new_document, predecessor_sequence
-from workers.outputs.findings import CodeLike, Finding, ReportInput
-from workers.outputs.headers import safe_reason, uid_of, unique_headers
+from workers.outputs.findings import CodeLike, Finding, ReportInput, finding_site_code
+from workers.outputs.headers import BuildSteps, uid_of, unique_headers
 from workers.outputs.reader import NOT_ANALYSED_CODE
 from workers.outputs.summary import algorithm_line, finding_line, scope_labels, statements
 from workers.outputs.tid1500 import (
@@ -118,8 +120,7 @@ def build_text_sr(inp: ReportInput) -> list[Dataset]:
     findings = inp.reported()
     if not findings:
         raise ReportError(f"model {inp.manifest.id}: no reportable finding")
-    stage = "document"
-    try:
+    with BuildSteps(f"{PROFILE} SR", inp.study_uid, "document") as steps:
         ds = new_document(
             inp,
             PROFILE,
@@ -128,18 +129,12 @@ def build_text_sr(inp: ReportInput) -> list[Dataset]:
             modality="SR",
             series_description=series_description(inp, SUFFIX),
         )
-        stage = "document general"
+        steps.stage = "document general"
         evidence = unique_headers([*inp.evidence, *(s for f in findings for s in f.sources)])
         _document_general(ds, inp, evidence)
-        stage = "content"
+        steps.stage = "content"
         _content(ds, inp, findings)
         declare_local_schemes(ds, inp.manifest, extra=[LOCAL_SCHEME] if inp.skipped else [])
-    except ReportError:
-        raise
-    except Exception as exc:
-        raise ReportError(
-            f"cannot build {PROFILE} SR for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
-        ) from exc
     return [ds]
 
 
@@ -159,7 +154,7 @@ def _document_general(ds: Dataset, inp: ReportInput, evidence: Sequence[Dataset]
 def _content(ds: Dataset, inp: ReportInput, findings: Sequence[Finding]) -> None:
     """The root CONTAINER and its tree (module docstring)."""
     ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = [code_item(TITLE)]
+    ds.ConceptNameCodeSequence = [coded(TITLE)]
     ds.ContinuityOfContent = "SEPARATE"
     scopes = scope_labels(inp, findings)
     children = [
@@ -177,7 +172,7 @@ def _content(ds: Dataset, inp: ReportInput, findings: Sequence[Finding]) -> None
     ds.ContentSequence = children
 
 
-def _summary(inp: ReportInput) -> list[Dataset]:
+def _summary(inp: ReportInput) -> list[hd.sr.ContentItem]:
     items = [text(COMMENT, statement, CONTAINS) for statement in statements(inp)]
     items.append(text(ALGORITHM_NAME, algorithm_line(inp), CONTAINS))
     card = [line for line in model_card_lines(inp.manifest) if not line.startswith("intended")]
@@ -185,20 +180,18 @@ def _summary(inp: ReportInput) -> list[Dataset]:
     return items
 
 
-def _finding(inp: ReportInput, finding: Finding, scope: str) -> Dataset:
+def _finding(inp: ReportInput, finding: Finding, scope: str) -> hd.sr.ContentItem:
     item = text(FINDING, finding_line(finding, scope), CONTAINS)
     modifiers = [code(FINDING, _concept(finding.label.code), CONCEPT_MOD)]
-    site = getattr(finding.label, "finding_site", None) or getattr(
-        inp.manifest, "finding_site", None
-    )
+    site = finding_site_code(inp.manifest, finding.label)
     if site is not None:
         modifiers.append(code(FINDING_SITE, _concept(site), CONCEPT_MOD))
     sources = [image(SOURCE, header, INFERRED_FROM) for header in unique_headers(finding.sources)]
-    item.ContentSequence = [*modifiers, *sources]
+    item.ContentSequence = hd.sr.ContentSequence([*modifiers, *sources])
     return item
 
 
-def _not_analysed(skipped: Sequence[SkippedImage]) -> list[Dataset]:
+def _not_analysed(skipped: Sequence[SkippedImage]) -> list[hd.sr.ContentItem]:
     return [
         text(NOT_ANALYSED, f"{item.sop_instance_uid} - {item.reason}", CONTAINS) for item in skipped
     ]
@@ -208,58 +201,43 @@ def _concept(value: CodeLike) -> Concept:
     return (value.value, value.scheme, value.meaning)
 
 
-def code_item(concept: Concept) -> Dataset:
-    """A Code Sequence item (PS3.3 Table 8.8-1): value, scheme designator, meaning."""
+def coded(concept: Concept) -> hd.sr.CodedConcept:
+    """A coded concept (PS3.3 Table 8.8-1): value, scheme designator, meaning (64 chars at most)."""
     value, scheme, meaning = concept
-    item = Dataset()
-    item.CodeValue = value
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning[:64]
-    return item
+    return hd.sr.CodedConcept(value, scheme, meaning[:64])
 
 
-def _item(name: Concept, value_type: str, relationship: str) -> Dataset:
-    item = Dataset()
-    item.RelationshipType = relationship
-    item.ValueType = value_type
-    item.ConceptNameCodeSequence = [code_item(name)]
-    return item
-
-
-def text(name: Concept, value: str, relationship: str) -> Dataset:
+def text(name: Concept, value: str, relationship: str) -> hd.sr.ContentItem:
     """A TEXT content item (Text Value, UT)."""
-    item = _item(name, "TEXT", relationship)
-    item.TextValue = value
-    return item
+    return hd.sr.TextContentItem(name=coded(name), value=value, relationship_type=relationship)
 
 
-def code(name: Concept, value: Concept, relationship: str) -> Dataset:
+def code(name: Concept, value: Concept, relationship: str) -> hd.sr.ContentItem:
     """A CODE content item (Concept Code Sequence)."""
-    item = _item(name, "CODE", relationship)
-    item.ConceptCodeSequence = [code_item(value)]
-    return item
+    return hd.sr.CodeContentItem(
+        name=coded(name), value=coded(value), relationship_type=relationship
+    )
 
 
-def uidref(name: Concept, value: str, relationship: str) -> Dataset:
+def uidref(name: Concept, value: str, relationship: str) -> hd.sr.ContentItem:
     """A UIDREF content item."""
-    item = _item(name, "UIDREF", relationship)
-    item.UID = value
-    return item
+    return hd.sr.UIDRefContentItem(name=coded(name), value=value, relationship_type=relationship)
 
 
-def image(name: Concept, header: Dataset, relationship: str) -> Dataset:
+def image(name: Concept, header: Dataset, relationship: str) -> hd.sr.ContentItem:
     """An IMAGE content item referencing one source image (Referenced SOP Sequence)."""
-    item = _item(name, "IMAGE", relationship)
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = uid_of(header, "SOPClassUID")
-    reference.ReferencedSOPInstanceUID = uid_of(header, "SOPInstanceUID")
-    item.ReferencedSOPSequence = [reference]
-    return item
+    return hd.sr.ImageContentItem(
+        name=coded(name),
+        referenced_sop_class_uid=uid_of(header, "SOPClassUID"),
+        referenced_sop_instance_uid=uid_of(header, "SOPInstanceUID"),
+        relationship_type=relationship,
+    )
 
 
-def container(name: Concept, children: Sequence[Dataset]) -> Dataset:
+def container(name: Concept, children: Sequence[hd.sr.ContentItem]) -> hd.sr.ContentItem:
     """A CONTAINER content item (continuity SEPARATE) holding ``children`` (CONTAINS)."""
-    item = _item(name, "CONTAINER", CONTAINS)
-    item.ContinuityOfContent = "SEPARATE"
-    item.ContentSequence = list(children)
+    item = hd.sr.ContainerContentItem(
+        name=coded(name), relationship_type=CONTAINS, is_content_continuous=False
+    )
+    item.ContentSequence = hd.sr.ContentSequence(list(children))
     return item

@@ -57,13 +57,14 @@ from workers.outputs.findings import (
     LabelLike,
     ManifestLike,
     ReportInput,
+    finding_site_code,
     report_uids,
     series_number,
 )
 from workers.outputs.headers import (
+    BuildSteps,
     copy_patient_and_study,
     first_of_study,
-    safe_reason,
     stand_in,
     unique_headers,
 )
@@ -157,13 +158,14 @@ def _build(inp: ReportInput) -> Dataset:
     primary = first_of_study(evidence, inp.study_uid)
     ordered = [primary, *(ds for ds in evidence if ds is not primary)]
     sources = unique_headers(s for f in findings for s in f.sources)
-    stage = "measurement groups"
-    try:
+    with BuildSteps(f"{PROFILE} SR", inp.study_uid, "measurement groups") as steps:
         algorithm = algorithm_identification(inp)
         labels = scope_labels(inp, findings)
         groups = [_group(f, sop_uid, algorithm, labels, inp.manifest) for f in findings]
         content = hd.sr.MeasurementReport(
-            observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(inp)),
+            observation_context=hd.sr.ObservationContext(
+                observer_device_context=device_observer(inp)
+            ),
             procedure_reported=IMAGING_PROCEDURE,
             imaging_measurements=groups,
             title=TITLE,
@@ -171,12 +173,12 @@ def _build(inp: ReportInput) -> Dataset:
                 ENGLISH
             ),
         )
-        stage = "image library"
+        steps.stage = "image library"
         _insert_before_measurements(content, image_library(sources))
         if inp.skipped:
-            stage = "images not analysed"
+            steps.stage = "images not analysed"
             content[0].ContentSequence.append(not_analysed(inp.skipped))
-        stage = "document"
+        steps.stage = "document"
         stand_ins = [stand_in(ds) for ds in ordered]
         prior = inp.predecessor(PROFILE)
         report = hd.sr.Comprehensive3DSR(
@@ -192,14 +194,8 @@ def _build(inp: ReportInput) -> Dataset:
             previous_versions=[previous_version(prior)] if prior is not None else None,
         )
         _restore_evidence_classes(report, stand_ins)
-        stage = "patient and study"
+        steps.stage = "patient and study"
         copy_patient_and_study(report, primary)
-    except ReportError:
-        raise
-    except Exception as exc:
-        raise ReportError(
-            f"cannot build {PROFILE} SR for study {inp.study_uid}: {stage}: {safe_reason(exc)}"
-        ) from exc
     return report
 
 
@@ -347,12 +343,8 @@ def _concept(label: LabelLike) -> hd.sr.CodedConcept:
 
 
 def finding_site(manifest: ManifestLike, label: LabelLike) -> hd.sr.FindingSite | None:
-    """TID 1501 Finding Site (SCT 363698007) of a label: its own site, else the manifest's.
-
-    Read with ``getattr`` so that manifests without the field (test stand-ins,
-    the warm-up manifest) write none.
-    """
-    code = getattr(label, "finding_site", None) or getattr(manifest, "finding_site", None)
+    """TID 1501 Finding Site (SCT 363698007) of a label (:func:`finding_site_code`)."""
+    code = finding_site_code(manifest, label)
     if code is None:
         return None
     return hd.sr.FindingSite(hd.sr.CodedConcept(code.value, code.scheme, code.meaning))

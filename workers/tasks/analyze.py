@@ -50,7 +50,7 @@ from models.weights import UNTRAINED_NOTICE
 from workers.context import WorkerContext, current
 from workers.destinations.select import destinations_for, profiles_for
 from workers.outputs import EXPLAINED_PROFILES, build
-from workers.outputs.findings import predecessor_key, report_input
+from workers.outputs.findings import report_input
 from workers.pipeline.run import Outcome, run_analysis
 from workers.pipeline.shared_capture import shared_library_warnings
 
@@ -133,10 +133,8 @@ def publish_deliveries(task: Task, analysis_id: int, destinations: Iterable[str]
 
 
 def _targets(ctx: WorkerContext, request: Analyze, outcome: Outcome) -> list[Destination]:
-    study = ctx.ledger.get(request.study_uid)
-    calling_ae = study.study.calling_ae if study else None
     headers = [image.header for image in outcome.images]
-    return destinations_for(ctx.routes, headers, calling_ae)
+    return destinations_for(ctx.routes, headers, ctx.ledger.calling_ae(request.study_uid))
 
 
 def _build_all(
@@ -158,7 +156,7 @@ def _build_all(
         model,
         request.study_uid,
         request.generation,
-        predecessors={predecessor_key(p, o): prior for (p, o), prior in priors.items()},
+        predecessors=priors,
         explainer=explainer,
     )
     built: list[_Built] = []

@@ -126,6 +126,7 @@ def _judge(
 ) -> TaskOutcome:
     by_id = {item.delivery_id: item for item in items}
     refused: list[Outgoing] = []
+    refused_status = 0
     delivered = dead = 0
     for result in sent:
         item = by_id[result.delivery_id]
@@ -145,14 +146,14 @@ def _judge(
                 status_text(result.status),
             )
         elif verdict == "retry":
+            refused_status = refused_status or result.status  # the first refusal's status
             refused.append(item)
         else:
             _dead(ledger, [item], f"{destination.describe()}: {text}", result.status)
             dead += 1
     if refused:
-        status = next(s.status for s in sent if s.delivery_id == refused[0].delivery_id)
-        reason = f"{destination.describe()} refused: {status_text(status)}"
-        return _retry(task, ledger, settings, refused, destination.name, reason, status)
+        reason = f"{destination.describe()} refused: {status_text(refused_status)}"
+        return _retry(task, ledger, settings, refused, destination.name, reason, refused_status)
     state = _D.DELIVERED if delivered else _D.FAILED
     detail = f"{delivered} delivered, {dead} dead letter(s) to {destination.name}"
     return TaskOutcome(state=state.value, detail=detail, outcome="done" if delivered else "failed")

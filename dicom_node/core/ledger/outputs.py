@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from dicom_node.core.ledger.base import LedgerBase, guard, rowcount, transition_values
 from dicom_node.core.ledger.records import (
@@ -380,6 +380,12 @@ class OutputRows(LedgerBase):
             )
             for row in rows
         ]
+
+    def count_dead_letters(self) -> int:
+        """How many deliveries are dead letters (``failed``)."""
+        stmt = select(func.count()).select_from(deliveries).where(deliveries.c.state == _D.FAILED)
+        with self._tx() as conn:
+            return int(conn.scalar(stmt) or 0)
 
     def reopen_dead_letters(self, delivery_ids: Sequence[int]) -> list[tuple[int, str]]:
         """Move dead letters back to ``pending`` (``dicom-node exports retry``).

@@ -162,6 +162,11 @@ class StudyRows(LedgerBase):
             state = conn.scalar(select(studies.c.state).where(studies.c.study_uid == study_uid))
         return state == _S.RECEIVING
 
+    def calling_ae(self, study_uid: str) -> str | None:
+        """The calling AE title that last sent an image of the study (None: unknown study)."""
+        with self._tx() as conn:
+            return conn.scalar(select(studies.c.calling_ae).where(studies.c.study_uid == study_uid))
+
     def produced_here(self, sop_instance_uid: str) -> bool:
         """Whether this SOP Instance UID is one of the reports this node wrote (loop guard)."""
         with self._tx() as conn:
